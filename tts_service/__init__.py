@@ -1,0 +1,1 @@
+"""Speech from text behind the TextToSpeech gRPC service: Piper and pyttsx3/espeak-ng."""

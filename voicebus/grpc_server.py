@@ -1,0 +1,149 @@
+"""One way to run a Voicebus gRPC service: health, reflection, auth, telemetry,
+load tracking, NATS heartbeats and graceful shutdown on SIGTERM/SIGINT.
+
+A service's `__main__` builds its engine once and calls `run_service(...)` with a
+function that registers its servicers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from voicebus.auth import BearerAuthServerInterceptor
+from voicebus.bus import EventBus
+from voicebus.config import CommonSettings
+from voicebus.logs import setup_logging
+from voicebus.telemetry import grpc_server_interceptors, setup_telemetry
+
+log = logging.getLogger(__name__)
+
+Register = Callable[[aio.Server], Iterable[str]]
+
+
+def grpc_options(settings: CommonSettings) -> list[tuple[str, int]]:
+    size = settings.grpc_max_message_mb * 1024 * 1024
+    return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 0)]
+
+
+class LoadTracker(aio.ServerInterceptor):
+    """Counts calls in flight (reported in heartbeats); health checks are not counted."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.in_flight = 0
+
+    @property
+    def load(self) -> float:
+        return self.in_flight / self.capacity
+
+    def _wrap(self, behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+        tracker = self
+        if streaming_response and inspect.isasyncgenfunction(behavior):
+            async def stream_wrapper(request: Any, context: aio.ServicerContext) -> Any:
+                tracker.in_flight += 1
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                finally:
+                    tracker.in_flight -= 1
+            return stream_wrapper
+
+        async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
+            tracker.in_flight += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                tracker.in_flight -= 1
+        return wrapper
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        kinds = {
+            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        }
+        attr, make = kinds[(handler.request_streaming, handler.response_streaming)]
+        return make(self._wrap(getattr(handler, attr), handler.response_streaming),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+
+async def run_service(
+    *,
+    settings: CommonSettings,
+    address: str,
+    register: Register,
+    capacity: int = 4,
+    capabilities: Iterable[str] = (),
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight calls and stop."""
+    name = settings.service_name
+    instance_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    tracker = LoadTracker(capacity)
+    interceptors: list[aio.ServerInterceptor] = [*grpc_server_interceptors(), tracker]
+    if token := settings.token():
+        interceptors.insert(0, BearerAuthServerInterceptor(token))
+    server = aio.server(interceptors=interceptors, options=grpc_options(settings))
+    service_names = list(register(server))
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server)
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise SystemExit(f"{name}: cannot listen on {address}: {exc}") from None
+    await server.start()
+    for service in ["", *service_names]:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"fields": {"address": address, "services": service_names}})
+
+    bus = EventBus(settings.nats_url, name=instance_id)
+    await bus.start()
+    heartbeat = asyncio.create_task(bus.heartbeat_loop(
+        service=name, instance_id=instance_id, address=address, interval=settings.heartbeat_seconds,
+        capabilities=list(capabilities), load=lambda: (tracker.in_flight, tracker.load)))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down", extra={"fields": {"in_flight": tracker.in_flight}})
+    for service in ["", *service_names]:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    heartbeat.cancel()
+    await bus.send_heartbeat(service=name, instance_id=instance_id, address=address, capabilities=list(capabilities),
+                             in_flight=tracker.in_flight, load=tracker.load, draining=True)
+    await server.stop(settings.shutdown_grace_seconds)
+    if on_shutdown:
+        await on_shutdown()
+    await bus.close()
+    log.info("stopped")
+
+
+def start_process(settings: CommonSettings) -> None:
+    """Logging and telemetry for a service process (call first in `__main__`)."""
+    setup_logging(settings.service_name, settings.log_level, settings.log_format)
+    setup_telemetry(settings.service_name)

@@ -1,0 +1,1 @@
+"""HTTP + WebSocket gateway for browsers, and the page itself (FastAPI under uvicorn)."""
