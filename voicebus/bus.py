@@ -53,6 +53,7 @@ class EventBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self._warned = False
+        self._closing = False
 
     @property
     def connected(self) -> bool:
@@ -88,7 +89,8 @@ class EventBus:
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
-        log.warning("NATS disconnected; events are queued until it is back")
+        if not self._closing:
+            log.warning("NATS disconnected; events are queued until it is back")
 
     async def _on_reconnected(self) -> None:
         self._connected.set()
@@ -161,6 +163,7 @@ class EventBus:
 
     async def close(self) -> None:
         await self.flush(timeout=1.0)
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

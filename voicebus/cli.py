@@ -1,0 +1,39 @@
+"""The `voicebus` command: `up`, `status`, `config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from voicebus.config import CommonSettings, settings_table
+
+
+def print_config() -> None:
+    print("| Variable | Default | Meaning |")
+    print("| --- | --- | --- |")
+    for env, default, description in settings_table():
+        print(f"| `{env}` | `{default}` | {description} |" if default else f"| `{env}` | | {description} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="voicebus", description="Voicebus voice assistant backend.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start NATS, the four gRPC services and the web gateway")
+    sub.add_parser("status", help="health of a running stack")
+    sub.add_parser("config", help="every VOICEBUS_* setting with its default (Markdown table)")
+    args = parser.parse_args(argv)
+
+    if args.command == "config":
+        print_config()
+        return
+    settings = CommonSettings()
+    from voicebus.stack import run_stack, stack_status
+
+    if args.command == "up":
+        sys.exit(asyncio.run(run_stack(settings)))
+    sys.exit(asyncio.run(stack_status(settings)))
+
+
+if __name__ == "__main__":
+    main()
