@@ -153,3 +153,12 @@ def test_contracts_lint_and_stubs_match():
     drift = subprocess.run(["bash", "scripts/gen_protos.sh", "--check"], cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, "PYTHON": sys.executable})
     assert drift.returncode == 0, drift.stdout + drift.stderr
+
+
+def test_readme_lists_every_setting():
+    """The README's configuration table is `voicebus config` (scripts/update_readme_config.py)."""
+    table = subprocess.run([sys.executable, "-m", "voicebus.cli", "config"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout
+    readme = (ROOT / "README.md").read_text()
+    missing = [line for line in table.splitlines() if line not in readme]
+    assert not missing, "README config table is stale; run scripts/update_readme_config.py:\n" + "\n".join(missing)
