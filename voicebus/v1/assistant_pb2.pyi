@@ -512,6 +512,32 @@ class UserSpeechStarted(_message.Message):
 Global___UserSpeechStarted: _TypeAlias = UserSpeechStarted  # noqa: Y015
 
 @_typing.final
+class ConversationOpened(_message.Message):
+    """The first event of a Converse stream, right after the client's config."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: _builtins.int
+    TURN_COUNT_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """True when the conversation was created by this stream."""
+    turn_count: _builtins.int
+    """Turns already stored (a continued conversation keeps its history)."""
+    def __init__(
+        self,
+        *,
+        created: _builtins.bool = ...,
+        turn_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "turn_count", b"turn_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConversationOpened: _TypeAlias = ConversationOpened  # noqa: Y015
+
+@_typing.final
 class ConverseResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -527,6 +553,7 @@ class ConverseResponse(_message.Message):
     TURN_COMPLETED_FIELD_NUMBER: _builtins.int
     TURN_FAILED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    CONVERSATION_OPENED_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     turn_id: _builtins.str
@@ -554,6 +581,8 @@ class ConverseResponse(_message.Message):
     def turn_failed(self) -> Global___TurnFailed: ...
     @_builtins.property
     def error(self) -> _common_pb2.StreamError: ...
+    @_builtins.property
+    def conversation_opened(self) -> Global___ConversationOpened: ...
     def __init__(
         self,
         *,
@@ -569,13 +598,14 @@ class ConverseResponse(_message.Message):
         turn_completed: Global___TurnCompleted | None = ...,
         turn_failed: Global___TurnFailed | None = ...,
         error: _common_pb2.StreamError | None = ...,
+        conversation_opened: Global___ConversationOpened | None = ...,
         trace_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "degraded", b"degraded", "error", b"error", "event", b"event", "response_delta", b"response_delta", "speech_started", b"speech_started", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "conversation_opened", b"conversation_opened", "degraded", b"degraded", "error", b"error", "event", b"event", "response_delta", b"response_delta", "speech_started", b"speech_started", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "conversation_id", b"conversation_id", "degraded", b"degraded", "error", b"error", "event", b"event", "response_delta", b"response_delta", "speech_started", b"speech_started", "trace_id", b"trace_id", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "conversation_id", b"conversation_id", "conversation_opened", b"conversation_opened", "degraded", b"degraded", "error", b"error", "event", b"event", "response_delta", b"response_delta", "speech_started", b"speech_started", "trace_id", b"trace_id", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["turn_started", "speech_started", "transcript", "response_delta", "audio", "degraded", "turn_interrupted", "turn_completed", "turn_failed", "error"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["turn_started", "speech_started", "transcript", "response_delta", "audio", "degraded", "turn_interrupted", "turn_completed", "turn_failed", "error", "conversation_opened"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

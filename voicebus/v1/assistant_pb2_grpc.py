@@ -67,8 +67,25 @@ class AssistantServicer:
     """
 
     def Converse(self, request_iterator, context):
-        """First client message: config. Then audio chunks, text turns and control messages.
-        The server streams events as they happen; one stream can hold many turns.
+        """One stream, many turns; events flow as they happen.
+        1. Client: `config`, exactly once and first. Server: `conversation_opened`.
+        2. Client: `audio` chunks in `config.input_format` (a container such as WebM/Opus, or
+        PCM16). Each utterance becomes a turn: `turn_started`, `speech_started`,
+        `transcript` (interim..., then one final), `response_delta`s and `audio` while the
+        answer is produced, then `turn_completed` or `turn_failed` (or `degraded` on the
+        way). `end_of_audio` finishes the utterance at once (push-to-talk released); audio
+        after it starts a new recording (for containers: a new file with its header).
+        Speech that is empty or unclear gets a spoken "please say that again"
+        (outcome NO_SPEECH) and no LLM call.
+        3. Client: `text`: a typed turn (no STT).
+        4. Barge-in: new speech or `interrupt` while an answer is running ends that turn with
+        `turn_interrupted` at once; nothing more of it is sent, and the stored turn keeps
+        only what was delivered. A `text` while a turn runs is refused with an `error`
+        event (FAILED_PRECONDITION): interrupt first.
+        5. Client half-close: the running turn finishes, then the server ends the stream.
+        Stream-ending errors are gRPC statuses (INVALID_ARGUMENT for a missing/second config,
+        NOT_FOUND for an unknown conversation_id, ABORTED when another stream or call is
+        running a turn in the same conversation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

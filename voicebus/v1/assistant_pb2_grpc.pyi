@@ -34,8 +34,25 @@ class AssistantStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AssistantAsyncStub: ...
     Converse: _grpc.StreamStreamMultiCallable[_assistant_pb2.ConverseRequest, _assistant_pb2.ConverseResponse]
-    """First client message: config. Then audio chunks, text turns and control messages.
-    The server streams events as they happen; one stream can hold many turns.
+    """One stream, many turns; events flow as they happen.
+     1. Client: `config`, exactly once and first. Server: `conversation_opened`.
+     2. Client: `audio` chunks in `config.input_format` (a container such as WebM/Opus, or
+        PCM16). Each utterance becomes a turn: `turn_started`, `speech_started`,
+        `transcript` (interim..., then one final), `response_delta`s and `audio` while the
+        answer is produced, then `turn_completed` or `turn_failed` (or `degraded` on the
+        way). `end_of_audio` finishes the utterance at once (push-to-talk released); audio
+        after it starts a new recording (for containers: a new file with its header).
+        Speech that is empty or unclear gets a spoken "please say that again"
+        (outcome NO_SPEECH) and no LLM call.
+     3. Client: `text`: a typed turn (no STT).
+     4. Barge-in: new speech or `interrupt` while an answer is running ends that turn with
+        `turn_interrupted` at once; nothing more of it is sent, and the stored turn keeps
+        only what was delivered. A `text` while a turn runs is refused with an `error`
+        event (FAILED_PRECONDITION): interrupt first.
+     5. Client half-close: the running turn finishes, then the server ends the stream.
+    Stream-ending errors are gRPC statuses (INVALID_ARGUMENT for a missing/second config,
+    NOT_FOUND for an unknown conversation_id, ABORTED when another stream or call is
+    running a turn in the same conversation).
     """
     ProcessTurn: _grpc.UnaryUnaryMultiCallable[_assistant_pb2.ProcessTurnRequest, _assistant_pb2.ProcessTurnResponse]
     """One turn, audio or text in; the whole answer (text and audio) out."""
@@ -49,8 +66,25 @@ class AssistantAsyncStub(AssistantStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Converse: _aio.StreamStreamMultiCallable[_assistant_pb2.ConverseRequest, _assistant_pb2.ConverseResponse]  # type: ignore[assignment]
-    """First client message: config. Then audio chunks, text turns and control messages.
-    The server streams events as they happen; one stream can hold many turns.
+    """One stream, many turns; events flow as they happen.
+     1. Client: `config`, exactly once and first. Server: `conversation_opened`.
+     2. Client: `audio` chunks in `config.input_format` (a container such as WebM/Opus, or
+        PCM16). Each utterance becomes a turn: `turn_started`, `speech_started`,
+        `transcript` (interim..., then one final), `response_delta`s and `audio` while the
+        answer is produced, then `turn_completed` or `turn_failed` (or `degraded` on the
+        way). `end_of_audio` finishes the utterance at once (push-to-talk released); audio
+        after it starts a new recording (for containers: a new file with its header).
+        Speech that is empty or unclear gets a spoken "please say that again"
+        (outcome NO_SPEECH) and no LLM call.
+     3. Client: `text`: a typed turn (no STT).
+     4. Barge-in: new speech or `interrupt` while an answer is running ends that turn with
+        `turn_interrupted` at once; nothing more of it is sent, and the stored turn keeps
+        only what was delivered. A `text` while a turn runs is refused with an `error`
+        event (FAILED_PRECONDITION): interrupt first.
+     5. Client half-close: the running turn finishes, then the server ends the stream.
+    Stream-ending errors are gRPC statuses (INVALID_ARGUMENT for a missing/second config,
+    NOT_FOUND for an unknown conversation_id, ABORTED when another stream or call is
+    running a turn in the same conversation).
     """
     ProcessTurn: _aio.UnaryUnaryMultiCallable[_assistant_pb2.ProcessTurnRequest, _assistant_pb2.ProcessTurnResponse]  # type: ignore[assignment]
     """One turn, audio or text in; the whole answer (text and audio) out."""
@@ -67,8 +101,25 @@ class AssistantServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_assistant_pb2.ConverseRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_assistant_pb2.ConverseResponse], _abc.AsyncIterator[_assistant_pb2.ConverseResponse]]:
-        """First client message: config. Then audio chunks, text turns and control messages.
-        The server streams events as they happen; one stream can hold many turns.
+        """One stream, many turns; events flow as they happen.
+         1. Client: `config`, exactly once and first. Server: `conversation_opened`.
+         2. Client: `audio` chunks in `config.input_format` (a container such as WebM/Opus, or
+            PCM16). Each utterance becomes a turn: `turn_started`, `speech_started`,
+            `transcript` (interim..., then one final), `response_delta`s and `audio` while the
+            answer is produced, then `turn_completed` or `turn_failed` (or `degraded` on the
+            way). `end_of_audio` finishes the utterance at once (push-to-talk released); audio
+            after it starts a new recording (for containers: a new file with its header).
+            Speech that is empty or unclear gets a spoken "please say that again"
+            (outcome NO_SPEECH) and no LLM call.
+         3. Client: `text`: a typed turn (no STT).
+         4. Barge-in: new speech or `interrupt` while an answer is running ends that turn with
+            `turn_interrupted` at once; nothing more of it is sent, and the stored turn keeps
+            only what was delivered. A `text` while a turn runs is refused with an `error`
+            event (FAILED_PRECONDITION): interrupt first.
+         5. Client half-close: the running turn finishes, then the server ends the stream.
+        Stream-ending errors are gRPC statuses (INVALID_ARGUMENT for a missing/second config,
+        NOT_FOUND for an unknown conversation_id, ABORTED when another stream or call is
+        running a turn in the same conversation).
         """
 
     @_abc_1.abstractmethod
