@@ -32,6 +32,9 @@ class CommonSettings(BaseSettings):
     heartbeat_seconds: float = Field(2.0, description="Interval between service heartbeats on NATS.")
     shutdown_grace_seconds: float = Field(5.0, description="In-flight calls may finish this long after SIGTERM.")
     grpc_max_message_mb: int = Field(32, description="Largest gRPC message accepted or sent.")
+    announce_host: str | None = Field(
+        None, description="Host name other instances reach this service by, sent in NATS heartbeats; "
+        "unset = the bind host, or this machine's host name when binding 0.0.0.0 (containers).")
 
     stt_addr: str = Field("127.0.0.1:50051", description="STT service gRPC address (bind and connect).")
     llm_addr: str = Field("127.0.0.1:50052", description="LLM service gRPC address.")

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import signal
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -29,6 +30,20 @@ from voicebus.telemetry import grpc_server_interceptors, setup_telemetry
 log = logging.getLogger(__name__)
 
 Register = Callable[[aio.Server], Iterable[str]]
+
+
+def announced_address(bind_address: str, announce_host: str | None) -> str:
+    """The address put in heartbeats: one that other machines or containers can dial.
+
+    A wildcard bind (0.0.0.0, [::]) is not dialable from elsewhere, so it becomes this
+    machine's host name (in docker compose: the container's, which the network resolves).
+    """
+    host, _, port = bind_address.rpartition(":")
+    if announce_host:
+        return f"{announce_host}:{port}"
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        return f"{socket.gethostname()}:{port}"
+    return bind_address
 
 
 def grpc_options(settings: CommonSettings) -> list[tuple[str, int]]:
@@ -116,12 +131,13 @@ async def run_service(
     await server.start()
     for service in ["", *service_names]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"fields": {"address": address, "services": service_names}})
+    announced = announced_address(address, settings.announce_host)
+    log.info("serving", extra={"fields": {"address": address, "announced": announced, "services": service_names}})
 
     bus = EventBus(settings.nats_url, name=instance_id)
     await bus.start()
     heartbeat = asyncio.create_task(bus.heartbeat_loop(
-        service=name, instance_id=instance_id, address=address, interval=settings.heartbeat_seconds,
+        service=name, instance_id=instance_id, address=announced, interval=settings.heartbeat_seconds,
         capabilities=list(capabilities), load=lambda: (tracker.in_flight, tracker.load)))
 
     stop = asyncio.Event()
@@ -134,7 +150,7 @@ async def run_service(
     for service in ["", *service_names]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     heartbeat.cancel()
-    await bus.send_heartbeat(service=name, instance_id=instance_id, address=address, capabilities=list(capabilities),
+    await bus.send_heartbeat(service=name, instance_id=instance_id, address=announced, capabilities=list(capabilities),
                              in_flight=tracker.in_flight, load=tracker.load, draining=True)
     await server.stop(settings.shutdown_grace_seconds)
     if on_shutdown:
