@@ -30,17 +30,22 @@ class SynthesisConfig(_message.Message):
     SAMPLE_RATE_HZ_FIELD_NUMBER: _builtins.int
     SPEAKING_RATE_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
-    """"piper" or "pyttsx3"; empty = the server's default for the language."""
+    """"piper" or "pyttsx3"; empty = the server's preferred engine (piper) when it has a
+    voice for the language, else the other one (e.g. Hindi: pyttsx3).
+    """
     voice: _builtins.str
     """A voice name from ListVoices; empty = the engine's voice for language_code."""
     language_code: _builtins.str
-    """BCP-47; empty = "en"."""
+    """BCP-47; empty = the voice's language, or "en"."""
     encoding: _audio_pb2.AudioEncoding.ValueType
-    """UNSPECIFIED = PCM16."""
+    """UNSPECIFIED = PCM16. PCM16, WAV, MP3, OGG_OPUS and WEBM_OPUS are produced (FLAC is not)."""
     sample_rate_hz: _builtins.int
-    """0 = the voice's natural rate (Opus: 48000)."""
+    """0 = the voice's natural rate (22050 for the installed voices; Opus: 48000).
+    PCM16, WAV, MP3: 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100 or 48000.
+    Opus: 48000 or 24000.
+    """
     speaking_rate: _builtins.float
-    """1.0 = normal; 0 = the server's default."""
+    """1.0 = normal, 2.0 = twice as fast; 0 = normal. Range 0.25 to 4."""
     def __init__(
         self,
         *,
@@ -87,7 +92,7 @@ Global___SynthesizeRequest: _TypeAlias = SynthesizeRequest  # noqa: Y015
 
 @_typing.final
 class SpokenSentence(_message.Message):
-    """The audio of one sentence (or of a part of it)."""
+    """The audio of one sentence (or of a part of it); see TextToSpeech for what a chunk holds."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -98,13 +103,17 @@ class SpokenSentence(_message.Message):
     VOICE_FIELD_NUMBER: _builtins.int
     FALLBACK_USED_FIELD_NUMBER: _builtins.int
     sentence_index: _builtins.int
-    """0-based index of the sentence in the request's text."""
+    """0-based index of the sentence in the request's text; increasing through the
+    response (a sentence with nothing to say, e.g. only punctuation, is skipped).
+    """
     text: _builtins.str
     engine: _builtins.str
     """The engine and voice that actually spoke."""
     voice: _builtins.str
     fallback_used: _builtins.bool
-    """True when the requested engine failed and another one spoke."""
+    """True when the requested engine failed and another one spoke (then the other
+    engine speaks the rest of the response too).
+    """
     @_builtins.property
     def audio(self) -> _audio_pb2.AudioChunk: ...
     def __init__(
@@ -209,7 +218,9 @@ class ListVoicesRequest(_message.Message):
     LANGUAGE_CODE_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     language_code: _builtins.str
-    """Filters; empty = all."""
+    """Filters; empty = all. A language matches its variants: "en" lists en-us and en-gb
+    voices, "en-us" lists en-us and en-us-nyc ones.
+    """
     engine: _builtins.str
     def __init__(
         self,

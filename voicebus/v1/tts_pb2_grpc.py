@@ -27,6 +27,30 @@ if _version_not_supported:
 
 class TextToSpeechStub:
     """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper.
+
+    Both synthesis calls answer with one message per sentence, in text order, each sent
+    as soon as its audio exists (clients should still accept several messages for one
+    sentence). What one AudioChunk holds depends on the encoding:
+    - PCM16: the sentence's samples, raw little-endian int16 mono at format.sample_rate_hz.
+    - WAV: a complete WAV file of the sentence (exact sizes in its header). Each chunk
+    plays alone (e.g. a browser's decodeAudioData); the chunks do NOT concatenate into
+    one WAV file (decode each one, or use PCM16 for one continuous stream).
+    - MP3: a complete MP3 stream of the sentence (no ID3 tag, no Xing frame). Each chunk
+    plays alone, and the chunks of a response concatenate into one valid MP3.
+    - OGG_OPUS, WEBM_OPUS: one continuous Ogg or WebM file over the whole response. The
+    first chunk starts with the container header; each chunk holds its sentence's Opus
+    packets (plus 60 ms of silence, so none of the sentence waits for the next one);
+    after the last sentence comes one more message whose text is empty and whose chunk
+    holds only the container's closing bytes. The chunks concatenate, in order, into
+    one valid file, and can be appended to a MediaSource (WebM) as they come.
+    AudioChunk.sequence counts the messages of the response from 0; duration_seconds is
+    the audio in the chunk.
+
+    Errors: INVALID_ARGUMENT for empty text, text over the limit, an unknown engine,
+    voice or encoding, a language no voice speaks, an unsupported sample rate or
+    speaking rate, or a StreamingSynthesize whose first message is not the config;
+    RESOURCE_EXHAUSTED when too many syntheses run; UNAVAILABLE when no engine could
+    speak a sentence (the audio already sent stays valid).
     """
 
     def __init__(self, channel):
@@ -54,10 +78,35 @@ class TextToSpeechStub:
 
 class TextToSpeechServicer:
     """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper.
+
+    Both synthesis calls answer with one message per sentence, in text order, each sent
+    as soon as its audio exists (clients should still accept several messages for one
+    sentence). What one AudioChunk holds depends on the encoding:
+    - PCM16: the sentence's samples, raw little-endian int16 mono at format.sample_rate_hz.
+    - WAV: a complete WAV file of the sentence (exact sizes in its header). Each chunk
+    plays alone (e.g. a browser's decodeAudioData); the chunks do NOT concatenate into
+    one WAV file (decode each one, or use PCM16 for one continuous stream).
+    - MP3: a complete MP3 stream of the sentence (no ID3 tag, no Xing frame). Each chunk
+    plays alone, and the chunks of a response concatenate into one valid MP3.
+    - OGG_OPUS, WEBM_OPUS: one continuous Ogg or WebM file over the whole response. The
+    first chunk starts with the container header; each chunk holds its sentence's Opus
+    packets (plus 60 ms of silence, so none of the sentence waits for the next one);
+    after the last sentence comes one more message whose text is empty and whose chunk
+    holds only the container's closing bytes. The chunks concatenate, in order, into
+    one valid file, and can be appended to a MediaSource (WebM) as they come.
+    AudioChunk.sequence counts the messages of the response from 0; duration_seconds is
+    the audio in the chunk.
+
+    Errors: INVALID_ARGUMENT for empty text, text over the limit, an unknown engine,
+    voice or encoding, a language no voice speaks, an unsupported sample rate or
+    speaking rate, or a StreamingSynthesize whose first message is not the config;
+    RESOURCE_EXHAUSTED when too many syntheses run; UNAVAILABLE when no engine could
+    speak a sentence (the audio already sent stays valid).
     """
 
     def Synthesize(self, request, context):
-        """Whole text in; the audio of each sentence streamed as soon as it exists.
+        """Whole text in; it is cut into sentences and the audio of each is streamed as soon
+        as it exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,8 +114,11 @@ class TextToSpeechServicer:
 
     def StreamingSynthesize(self, request_iterator, context):
         """Text streamed in (e.g. an LLM's deltas as they come); the server cuts sentences
-        and streams each one's audio as soon as the sentence is complete. First client
-        message: config. Half-closing flushes the last sentence.
+        and streams each one's audio as soon as the sentence is complete, while it goes
+        on receiving text. The first piece may end at a clause ("Sure, ..."), so the
+        first audio starts early. First client message: config (and only the first).
+        Half-closing flushes the last sentence; a stream that ends without any text is
+        INVALID_ARGUMENT. The text limit applies to the whole stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +158,30 @@ def add_TextToSpeechServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TextToSpeech:
     """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper.
+
+    Both synthesis calls answer with one message per sentence, in text order, each sent
+    as soon as its audio exists (clients should still accept several messages for one
+    sentence). What one AudioChunk holds depends on the encoding:
+    - PCM16: the sentence's samples, raw little-endian int16 mono at format.sample_rate_hz.
+    - WAV: a complete WAV file of the sentence (exact sizes in its header). Each chunk
+    plays alone (e.g. a browser's decodeAudioData); the chunks do NOT concatenate into
+    one WAV file (decode each one, or use PCM16 for one continuous stream).
+    - MP3: a complete MP3 stream of the sentence (no ID3 tag, no Xing frame). Each chunk
+    plays alone, and the chunks of a response concatenate into one valid MP3.
+    - OGG_OPUS, WEBM_OPUS: one continuous Ogg or WebM file over the whole response. The
+    first chunk starts with the container header; each chunk holds its sentence's Opus
+    packets (plus 60 ms of silence, so none of the sentence waits for the next one);
+    after the last sentence comes one more message whose text is empty and whose chunk
+    holds only the container's closing bytes. The chunks concatenate, in order, into
+    one valid file, and can be appended to a MediaSource (WebM) as they come.
+    AudioChunk.sequence counts the messages of the response from 0; duration_seconds is
+    the audio in the chunk.
+
+    Errors: INVALID_ARGUMENT for empty text, text over the limit, an unknown engine,
+    voice or encoding, a language no voice speaks, an unsupported sample rate or
+    speaking rate, or a StreamingSynthesize whose first message is not the config;
+    RESOURCE_EXHAUSTED when too many syntheses run; UNAVAILABLE when no engine could
+    speak a sentence (the audio already sent stays valid).
     """
 
     @staticmethod

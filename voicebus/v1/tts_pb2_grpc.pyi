@@ -27,37 +27,122 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TextToSpeechStub:
-    """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper."""
+    """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper.
+
+    Both synthesis calls answer with one message per sentence, in text order, each sent
+    as soon as its audio exists (clients should still accept several messages for one
+    sentence). What one AudioChunk holds depends on the encoding:
+    - PCM16: the sentence's samples, raw little-endian int16 mono at format.sample_rate_hz.
+    - WAV: a complete WAV file of the sentence (exact sizes in its header). Each chunk
+      plays alone (e.g. a browser's decodeAudioData); the chunks do NOT concatenate into
+      one WAV file (decode each one, or use PCM16 for one continuous stream).
+    - MP3: a complete MP3 stream of the sentence (no ID3 tag, no Xing frame). Each chunk
+      plays alone, and the chunks of a response concatenate into one valid MP3.
+    - OGG_OPUS, WEBM_OPUS: one continuous Ogg or WebM file over the whole response. The
+      first chunk starts with the container header; each chunk holds its sentence's Opus
+      packets (plus 60 ms of silence, so none of the sentence waits for the next one);
+      after the last sentence comes one more message whose text is empty and whose chunk
+      holds only the container's closing bytes. The chunks concatenate, in order, into
+      one valid file, and can be appended to a MediaSource (WebM) as they come.
+    AudioChunk.sequence counts the messages of the response from 0; duration_seconds is
+    the audio in the chunk.
+
+    Errors: INVALID_ARGUMENT for empty text, text over the limit, an unknown engine,
+    voice or encoding, a language no voice speaks, an unsupported sample rate or
+    speaking rate, or a StreamingSynthesize whose first message is not the config;
+    RESOURCE_EXHAUSTED when too many syntheses run; UNAVAILABLE when no engine could
+    speak a sentence (the audio already sent stays valid).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TextToSpeechAsyncStub: ...
     Synthesize: _grpc.UnaryStreamMultiCallable[_tts_pb2.SynthesizeRequest, _tts_pb2.SynthesizeResponse]
-    """Whole text in; the audio of each sentence streamed as soon as it exists."""
+    """Whole text in; it is cut into sentences and the audio of each is streamed as soon
+    as it exists.
+    """
     StreamingSynthesize: _grpc.StreamStreamMultiCallable[_tts_pb2.StreamingSynthesizeRequest, _tts_pb2.StreamingSynthesizeResponse]
     """Text streamed in (e.g. an LLM's deltas as they come); the server cuts sentences
-    and streams each one's audio as soon as the sentence is complete. First client
-    message: config. Half-closing flushes the last sentence.
+    and streams each one's audio as soon as the sentence is complete, while it goes
+    on receiving text. The first piece may end at a clause ("Sure, ..."), so the
+    first audio starts early. First client message: config (and only the first).
+    Half-closing flushes the last sentence; a stream that ends without any text is
+    INVALID_ARGUMENT. The text limit applies to the whole stream.
     """
     ListVoices: _grpc.UnaryUnaryMultiCallable[_tts_pb2.ListVoicesRequest, _tts_pb2.ListVoicesResponse]
 
 @_typing.type_check_only
 class TextToSpeechAsyncStub(TextToSpeechStub):
-    """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper."""
+    """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper.
+
+    Both synthesis calls answer with one message per sentence, in text order, each sent
+    as soon as its audio exists (clients should still accept several messages for one
+    sentence). What one AudioChunk holds depends on the encoding:
+    - PCM16: the sentence's samples, raw little-endian int16 mono at format.sample_rate_hz.
+    - WAV: a complete WAV file of the sentence (exact sizes in its header). Each chunk
+      plays alone (e.g. a browser's decodeAudioData); the chunks do NOT concatenate into
+      one WAV file (decode each one, or use PCM16 for one continuous stream).
+    - MP3: a complete MP3 stream of the sentence (no ID3 tag, no Xing frame). Each chunk
+      plays alone, and the chunks of a response concatenate into one valid MP3.
+    - OGG_OPUS, WEBM_OPUS: one continuous Ogg or WebM file over the whole response. The
+      first chunk starts with the container header; each chunk holds its sentence's Opus
+      packets (plus 60 ms of silence, so none of the sentence waits for the next one);
+      after the last sentence comes one more message whose text is empty and whose chunk
+      holds only the container's closing bytes. The chunks concatenate, in order, into
+      one valid file, and can be appended to a MediaSource (WebM) as they come.
+    AudioChunk.sequence counts the messages of the response from 0; duration_seconds is
+    the audio in the chunk.
+
+    Errors: INVALID_ARGUMENT for empty text, text over the limit, an unknown engine,
+    voice or encoding, a language no voice speaks, an unsupported sample rate or
+    speaking rate, or a StreamingSynthesize whose first message is not the config;
+    RESOURCE_EXHAUSTED when too many syntheses run; UNAVAILABLE when no engine could
+    speak a sentence (the audio already sent stays valid).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Synthesize: _aio.UnaryStreamMultiCallable[_tts_pb2.SynthesizeRequest, _tts_pb2.SynthesizeResponse]  # type: ignore[assignment]
-    """Whole text in; the audio of each sentence streamed as soon as it exists."""
+    """Whole text in; it is cut into sentences and the audio of each is streamed as soon
+    as it exists.
+    """
     StreamingSynthesize: _aio.StreamStreamMultiCallable[_tts_pb2.StreamingSynthesizeRequest, _tts_pb2.StreamingSynthesizeResponse]  # type: ignore[assignment]
     """Text streamed in (e.g. an LLM's deltas as they come); the server cuts sentences
-    and streams each one's audio as soon as the sentence is complete. First client
-    message: config. Half-closing flushes the last sentence.
+    and streams each one's audio as soon as the sentence is complete, while it goes
+    on receiving text. The first piece may end at a clause ("Sure, ..."), so the
+    first audio starts early. First client message: config (and only the first).
+    Half-closing flushes the last sentence; a stream that ends without any text is
+    INVALID_ARGUMENT. The text limit applies to the whole stream.
     """
     ListVoices: _aio.UnaryUnaryMultiCallable[_tts_pb2.ListVoicesRequest, _tts_pb2.ListVoicesResponse]  # type: ignore[assignment]
 
 class TextToSpeechServicer(metaclass=_abc_1.ABCMeta):
-    """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper."""
+    """Speech from text (tts_service/): pyttsx3 over espeak-ng, and Piper.
+
+    Both synthesis calls answer with one message per sentence, in text order, each sent
+    as soon as its audio exists (clients should still accept several messages for one
+    sentence). What one AudioChunk holds depends on the encoding:
+    - PCM16: the sentence's samples, raw little-endian int16 mono at format.sample_rate_hz.
+    - WAV: a complete WAV file of the sentence (exact sizes in its header). Each chunk
+      plays alone (e.g. a browser's decodeAudioData); the chunks do NOT concatenate into
+      one WAV file (decode each one, or use PCM16 for one continuous stream).
+    - MP3: a complete MP3 stream of the sentence (no ID3 tag, no Xing frame). Each chunk
+      plays alone, and the chunks of a response concatenate into one valid MP3.
+    - OGG_OPUS, WEBM_OPUS: one continuous Ogg or WebM file over the whole response. The
+      first chunk starts with the container header; each chunk holds its sentence's Opus
+      packets (plus 60 ms of silence, so none of the sentence waits for the next one);
+      after the last sentence comes one more message whose text is empty and whose chunk
+      holds only the container's closing bytes. The chunks concatenate, in order, into
+      one valid file, and can be appended to a MediaSource (WebM) as they come.
+    AudioChunk.sequence counts the messages of the response from 0; duration_seconds is
+    the audio in the chunk.
+
+    Errors: INVALID_ARGUMENT for empty text, text over the limit, an unknown engine,
+    voice or encoding, a language no voice speaks, an unsupported sample rate or
+    speaking rate, or a StreamingSynthesize whose first message is not the config;
+    RESOURCE_EXHAUSTED when too many syntheses run; UNAVAILABLE when no engine could
+    speak a sentence (the audio already sent stays valid).
+    """
 
     @_abc_1.abstractmethod
     def Synthesize(
@@ -65,7 +150,9 @@ class TextToSpeechServicer(metaclass=_abc_1.ABCMeta):
         request: _tts_pb2.SynthesizeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tts_pb2.SynthesizeResponse], _abc.AsyncIterator[_tts_pb2.SynthesizeResponse]]:
-        """Whole text in; the audio of each sentence streamed as soon as it exists."""
+        """Whole text in; it is cut into sentences and the audio of each is streamed as soon
+        as it exists.
+        """
 
     @_abc_1.abstractmethod
     def StreamingSynthesize(
@@ -74,8 +161,11 @@ class TextToSpeechServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tts_pb2.StreamingSynthesizeResponse], _abc.AsyncIterator[_tts_pb2.StreamingSynthesizeResponse]]:
         """Text streamed in (e.g. an LLM's deltas as they come); the server cuts sentences
-        and streams each one's audio as soon as the sentence is complete. First client
-        message: config. Half-closing flushes the last sentence.
+        and streams each one's audio as soon as the sentence is complete, while it goes
+        on receiving text. The first piece may end at a clause ("Sure, ..."), so the
+        first audio starts early. First client message: config (and only the first).
+        Half-closing flushes the last sentence; a stream that ends without any text is
+        INVALID_ARGUMENT. The text limit applies to the whole stream.
         """
 
     @_abc_1.abstractmethod
