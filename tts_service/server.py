@@ -1,0 +1,194 @@
+"""The TextToSpeech gRPC adapter: requests in, sentences' audio out, errors as status codes.
+
+Both synthesis calls share one pipeline (`_speak`): sentences in text order → the plan's
+engine, one sentence at a time (so audio order is text order) → the response's encoder
+→ one message per sentence, sent as soon as it exists. In StreamingSynthesize a separate
+task reads the client's text, so receiving never waits on synthesis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+
+import grpc
+from grpc import aio
+
+from tts_service.encoding import ResponseEncoder
+from tts_service.engines import EngineError
+from tts_service.settings import TtsSettings
+from tts_service.speaker import InvalidRequest, Speaker, SpeechPlan, describe_format
+from voicebus.logs import request_id_var
+from voicebus.telemetry import tracer
+from voicebus.text import SentenceSplitter, split_sentences
+from voicebus.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+_END = object()
+
+
+class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
+    def __init__(self, speaker: Speaker, settings: TtsSettings) -> None:
+        self.speaker = speaker
+        self.max_text_chars = settings.tts_max_text_chars
+        self.max_concurrent = max(1, settings.tts_max_concurrent_requests)
+        self._active = 0
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, context: aio.ServicerContext) -> AsyncIterator[None]:
+        if self._active >= self.max_concurrent:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the speech service is busy ({self._active} syntheses running, the limit is "
+                                f"{self.max_concurrent}); try again shortly")
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+
+    async def _plan(self, config: tts_pb2.SynthesisConfig, context: aio.ServicerContext) -> SpeechPlan:
+        try:
+            return self.speaker.plan(config)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+
+    def _too_long(self, length: int) -> str:
+        return (f"the text is {length} characters long; the limit is {self.max_text_chars} "
+                "(VOICEBUS_TTS_MAX_TEXT_CHARS): send it in several requests")
+
+    async def Synthesize(self, request: tts_pb2.SynthesizeRequest,
+                         context: aio.ServicerContext) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        request_id_var.set(request.request_id)
+        async with self._slot(context):
+            if not request.text.strip():
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the text is empty: there is nothing to speak")
+            if len(request.text) > self.max_text_chars:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._too_long(len(request.text)))
+            plan = await self._plan(request.config, context)
+
+            async def sentences() -> AsyncIterator[tuple[int, str]]:
+                for item in enumerate(split_sentences(request.text)):
+                    yield item
+
+            async for spoken in self._speak(plan, sentences(), context):
+                yield tts_pb2.SynthesizeResponse(request_id=request.request_id, sentence=spoken)
+
+    async def StreamingSynthesize(
+        self, request_iterator: AsyncIterable[tts_pb2.StreamingSynthesizeRequest], context: aio.ServicerContext,
+    ) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
+        async with self._slot(context):
+            requests = request_iterator.__aiter__()
+            try:
+                first = await requests.__anext__()
+            except StopAsyncIteration:
+                first = None
+            if first is None or first.WhichOneof("request") != "config":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "the first message of StreamingSynthesize must carry the config "
+                                    f"(got {'nothing' if first is None else 'text'})")
+            request_id = first.request_id
+            request_id_var.set(request_id)
+            plan = await self._plan(first.config, context)
+            pieces: asyncio.Queue = asyncio.Queue()
+            reader = asyncio.create_task(self._read_text(requests, pieces))
+            try:
+                async for spoken in self._speak(plan, self._drain(pieces), context):
+                    yield tts_pb2.StreamingSynthesizeResponse(request_id=request_id, sentence=spoken)
+            except InvalidRequest as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            finally:
+                reader.cancel()
+
+    async def _read_text(self, requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
+                         pieces: asyncio.Queue) -> None:
+        """Client text → complete pieces on the queue, then _END; a problem goes on the queue as
+        InvalidRequest. The first piece may end at a clause, so the first audio starts early."""
+        splitter = SentenceSplitter()
+        index, length, spoken_text = 0, 0, False
+        try:
+            async for request in requests:
+                if request.WhichOneof("request") == "config":
+                    raise InvalidRequest("the config may only be sent once, in the first message")
+                length += len(request.text)
+                if length > self.max_text_chars:
+                    raise InvalidRequest(self._too_long(length))
+                spoken_text = spoken_text or bool(request.text.strip())
+                for piece in splitter.push(request.text):
+                    pieces.put_nowait((index, piece))
+                    index += 1
+            if not spoken_text:
+                raise InvalidRequest("the stream ended without any text: there is nothing to speak")
+            for piece in splitter.flush():
+                pieces.put_nowait((index, piece))
+                index += 1
+            pieces.put_nowait(_END)
+        except InvalidRequest as exc:
+            pieces.put_nowait(exc)
+        except Exception as exc:  # the client went away or sent garbage: end the pipeline too
+            pieces.put_nowait(exc)
+
+    @staticmethod
+    async def _drain(pieces: asyncio.Queue) -> AsyncIterator[tuple[int, str]]:
+        while (item := await pieces.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def _speak(self, plan: SpeechPlan, sentences: AsyncIterator[tuple[int, str]],
+                     context: aio.ServicerContext) -> AsyncIterator[tts_pb2.SpokenSentence]:
+        encoder = ResponseEncoder(plan.encoding, plan.sample_rate)
+        audio_format = describe_format(plan)
+        started, first_chunk, sequence, seconds = time.monotonic(), None, 0, 0.0
+        last: tts_pb2.SpokenSentence | None = None
+        async for index, text in sentences:
+            with _tracer.start_as_current_span("tts.sentence", attributes={
+                    "tts.engine": plan.current_voice.engine, "tts.voice": plan.current_voice.name,
+                    "tts.sentence_index": index, "tts.chars": len(text)}):
+                try:
+                    spoken = await self.speaker.speak(plan, text)
+                except EngineError as exc:
+                    log.error("synthesis failed", extra={"fields": {"error": str(exc)}})
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"speech synthesis failed: {exc}")
+                if spoken.speech.samples.size == 0:
+                    continue  # nothing to say (punctuation only)
+                data, duration = await asyncio.to_thread(encoder.encode, spoken.speech.samples,
+                                                         spoken.speech.sample_rate)
+            last = tts_pb2.SpokenSentence(
+                audio=audio_pb2.AudioChunk(data=data, format=audio_format, sequence=sequence,
+                                           duration_seconds=duration),
+                sentence_index=index, text=text, engine=spoken.voice.engine, voice=spoken.voice.name,
+                fallback_used=spoken.fallback_used)
+            first_chunk = first_chunk or time.monotonic() - started
+            sequence, seconds = sequence + 1, seconds + duration
+            yield last
+        closing = await asyncio.to_thread(encoder.finish)
+        if closing and last is not None:
+            # Ogg/WebM only: the container's last bytes, in a message of their own (no text).
+            yield tts_pb2.SpokenSentence(
+                audio=audio_pb2.AudioChunk(data=closing, format=audio_format, sequence=sequence),
+                sentence_index=last.sentence_index, engine=last.engine, voice=last.voice,
+                fallback_used=last.fallback_used)
+        log.info("spoken", extra={"fields": {
+            "chunks": sequence, "audio_seconds": round(seconds, 3), "engine": plan.current_voice.engine,
+            "fallback_used": plan.fallen_back, "first_chunk_seconds": round(first_chunk or 0, 3),
+            "total_seconds": round(time.monotonic() - started, 3)}})
+
+    async def ListVoices(self, request: tts_pb2.ListVoicesRequest,
+                         context: aio.ServicerContext) -> tts_pb2.ListVoicesResponse:
+        try:
+            voices = self.speaker.voices(request.language_code, request.engine.strip().lower())
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return tts_pb2.ListVoicesResponse(voices=[
+            tts_pb2.Voice(engine=v.engine, name=v.name, language_codes=list(v.language_codes),
+                          natural_sample_rate_hz=v.natural_sample_rate_hz, gender=v.gender) for v in voices])
+
+
+def register_servicer(server: aio.Server, servicer: TextToSpeechServicer) -> Iterable[str]:
+    tts_pb2_grpc.add_TextToSpeechServicer_to_server(servicer, server)
+    return [tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name]
