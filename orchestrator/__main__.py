@@ -1,4 +1,4 @@
-"""`python -m orchestrator`: The Assistant gRPC service: conversations in SQLite, the streaming turn pipeline, NATS events."""
+"""`python -m orchestrator`: the Assistant gRPC service (conversations, turn pipeline, NATS events)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,45 @@ import asyncio
 
 from grpc import aio
 
+from orchestrator.events import TurnEvents
+from orchestrator.registry import ServiceRegistry
+from orchestrator.server import AssistantServicer
 from orchestrator.settings import OrchestratorSettings
+from orchestrator.store import ConversationStore
+from orchestrator.turn import Deps
+from voicebus.bus import EventBus
 from voicebus.grpc_server import run_service, start_process
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
 
 
-def register(server: aio.Server) -> list[str]:
-    assistant_pb2_grpc.add_AssistantServicer_to_server(assistant_pb2_grpc.AssistantServicer(), server)
-    return [assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name]
+async def serve(settings: OrchestratorSettings) -> None:
+    store = ConversationStore(settings.database())
+    await store.open()
+    bus = EventBus(settings.nats_url, name="orchestrator-events")
+    events = TurnEvents(bus)
+    await bus.start()
+    registry = ServiceRegistry(settings, settings.instance_retry_seconds)
+    watcher = asyncio.create_task(registry.watch(bus))
+    deps = Deps(settings=settings, store=store, registry=registry, events=events)
+
+    def register(server: aio.Server) -> list[str]:
+        assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(deps), server)
+        return [assistant_pb2.DESCRIPTOR.services_by_name["Assistant"].full_name]
+
+    async def shutdown() -> None:
+        watcher.cancel()
+        await bus.close()
+        await registry.close()
+        await store.close()
+
+    await run_service(settings=settings, address=settings.orchestrator_addr, register=register, capacity=8,
+                      on_shutdown=shutdown)
 
 
 def main() -> None:
     settings = OrchestratorSettings()
     start_process(settings)
-    asyncio.run(run_service(settings=settings, address=settings.orchestrator_addr, register=register))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

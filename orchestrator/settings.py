@@ -1,11 +1,29 @@
-"""Settings of the orchestrator service (environment variables `VOICEBUS_*`)."""
+"""Settings of the orchestrator (environment variables `VOICEBUS_*`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
+
+from pydantic import Field
 
 from voicebus.config import CommonSettings
 
 
 class OrchestratorSettings(CommonSettings):
     service_name: ClassVar[str] = "orchestrator"
+
+    db_path: Path | None = Field(None, description="SQLite file for conversations; unset = `<data_dir>/voicebus.db`.")
+    min_transcript_confidence: float = Field(
+        0.25, description="Finals below this confidence get a spoken 'please say that again', no LLM call.")
+    max_text_chars: int = Field(2000, description="Longest typed user turn accepted.")
+    max_audio_mb: float = Field(25.0, description="Largest audio accepted per turn.")
+    stt_timeout_seconds: float = Field(30.0, description="Deadline for a whole-file transcription.")
+    llm_timeout_seconds: float = Field(60.0, description="Deadline for one LLM answer.")
+    tts_timeout_seconds: float = Field(60.0, description="Deadline for one TTS call.")
+    history_turns: int = Field(20, description="Most recent turns sent to the LLM (it trims further to its token budget).")
+    instance_retry_seconds: float = Field(
+        10.0, description="An instance that failed a call is avoided this long (when others are known).")
+
+    def database(self) -> Path:
+        return self.db_path or self.data_dir / "voicebus.db"

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import nats
@@ -54,6 +54,7 @@ class EventBus:
         self._connected = asyncio.Event()
         self._warned = False
         self._closing = False
+        self._connect_hooks: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def connected(self) -> bool:
@@ -82,7 +83,25 @@ class EventBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         log.info("connected to NATS", extra={"fields": {"url": self.url}})
+        await self._run_connect_hooks()
         self._connected.set()
+
+    def on_connect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` after the first connect and after every reconnect (e.g. to declare streams)."""
+        self._connect_hooks.append(hook)
+
+    async def _run_connect_hooks(self) -> None:
+        for hook in self._connect_hooks:
+            try:
+                await hook()
+            except Exception as exc:  # noqa: BLE001 - a hook failing must not stop the bus
+                log.warning("NATS connect hook failed: %s", exc)
+
+    async def subscribe(self, subject: str, cb: Callable[..., Awaitable[None]]) -> None:
+        """Subscribe once connected (nats.py re-subscribes by itself after reconnects)."""
+        await self._connected.wait()
+        assert self.nc is not None
+        await self.nc.subscribe(subject, cb=cb)
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("NATS error: %s", exc)
@@ -93,8 +112,9 @@ class EventBus:
             log.warning("NATS disconnected; events are queued until it is back")
 
     async def _on_reconnected(self) -> None:
-        self._connected.set()
         log.info("NATS reconnected")
+        await self._run_connect_hooks()
+        self._connected.set()
 
     def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
                 jetstream: bool = False) -> None:
@@ -111,6 +131,7 @@ class EventBus:
     async def _send_loop(self) -> None:
         while True:
             item = await self._queue.get()
+            attempts = 0
             while True:
                 await self._connected.wait()
                 assert self.nc is not None
@@ -121,8 +142,12 @@ class EventBus:
                     else:
                         await self.nc.publish(item.subject, item.payload, headers=item.headers or None)
                     break
-                except Exception as exc:  # noqa: BLE001 - retried until delivered
-                    log.debug("publish to %s failed (%s); retrying", item.subject, exc)
+                except Exception as exc:  # noqa: BLE001 - retried, then given up on
+                    attempts += 1
+                    if attempts >= 5 and self.connected:
+                        self.dropped += 1
+                        log.warning("dropping event for %s after %d failed publishes: %s", item.subject, attempts, exc)
+                        break
                     await asyncio.sleep(0.5)
 
     async def flush(self, timeout: float = 5.0) -> None:

@@ -1,0 +1,56 @@
+"""Turn events on NATS: `voicebus.turn.<conversation>.<stage>`, captured by JetStream.
+
+Publishing only enqueues (voicebus.bus): a turn never waits for NATS. Each event carries
+`Nats-Msg-Id` (JetStream drops a retried duplicate) and `traceparent`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.js.api import StreamConfig
+
+from voicebus.bus import TURN_STREAM, TURN_SUBJECTS, EventBus, turn_subject
+from voicebus.telemetry import inject_headers
+from voicebus.v1 import assistant_pb2, common_pb2, events_pb2
+
+STAGE_NAMES = {
+    events_pb2.TURN_EVENT_TYPE_TURN_STARTED: "turn_started",
+    events_pb2.TURN_EVENT_TYPE_TRANSCRIPT_FINAL: "transcript_final",
+    events_pb2.TURN_EVENT_TYPE_RESPONSE_COMPLETED: "response_completed",
+    events_pb2.TURN_EVENT_TYPE_FIRST_AUDIO_SENT: "first_audio_sent",
+    events_pb2.TURN_EVENT_TYPE_TURN_COMPLETED: "turn_completed",
+    events_pb2.TURN_EVENT_TYPE_TURN_FAILED: "turn_failed",
+    events_pb2.TURN_EVENT_TYPE_STAGE_DEGRADED: "stage_degraded",
+    events_pb2.TURN_EVENT_TYPE_TURN_INTERRUPTED: "turn_interrupted",
+}
+
+
+class TurnEvents:
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        bus.on_connect(self._declare_stream)
+
+    async def _declare_stream(self) -> None:
+        assert self.bus.nc is not None
+        js = self.bus.nc.jetstream()
+        config = StreamConfig(name=TURN_STREAM, subjects=[TURN_SUBJECTS], max_age=30 * 24 * 3600.0,
+                              duplicate_window=120.0)
+        try:
+            await js.stream_info(TURN_STREAM)
+            await js.update_stream(config)
+        except Exception:  # noqa: BLE001 - not there yet
+            await js.add_stream(config)
+
+    def publish(self, event_type: int, turn: assistant_pb2.Turn, text: str = "",
+                stage: int = common_pb2.STAGE_UNSPECIFIED, with_turn: bool = False) -> None:
+        now = Timestamp()
+        now.GetCurrentTime()
+        event = events_pb2.TurnEvent(event_id=uuid.uuid4().hex, type=event_type, conversation_id=turn.conversation_id,
+                                     turn_id=turn.turn_id, time=now, trace_id=turn.trace_id, stage=stage, text=text)
+        if with_turn:
+            event.turn.CopyFrom(turn)
+        headers = inject_headers({"Nats-Msg-Id": event.event_id})
+        self.bus.publish(turn_subject(turn.conversation_id, STAGE_NAMES[event_type]), event.SerializeToString(),
+                         headers=headers, jetstream=True)
