@@ -70,6 +70,7 @@ class ConverseSession:
         self._speech_end_at = 0.0
         self._running: asyncio.Task[assistant_pb2.Turn] | None = None
         self._running_turn: assistant_pb2.Turn | None = None
+        self._watchdogs: set[asyncio.Task[None]] = set()
 
     # -- output ------------------------------------------------------------------------------
     def emit(self, event: assistant_pb2.ConverseResponse) -> None:
@@ -173,8 +174,25 @@ class ConverseSession:
         if self._stt is not None:
             self._speech_end_at = self._speech_end_at or time.monotonic()
             self._stt.close()
+            if self._stt_task is not None:
+                self._watchdogs.add(asyncio.create_task(self._final_deadline(self._stt, self._stt_task)))
             self._stt = None
             self._audio_bytes = 0
+
+    async def _final_deadline(self, stream: ReplayableStream, task: asyncio.Task[None]) -> None:
+        """Every utterance ends: no final within the STT deadline fails the turn instead of hanging."""
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.deps.settings.stt_timeout_seconds)
+        except asyncio.TimeoutError:
+            stream.cancel()
+            task.cancel()
+            message = f"no transcript within {self.deps.settings.stt_timeout_seconds:g} s"
+            self._error(grpc.StatusCode.DEADLINE_EXCEEDED, message, common_pb2.STAGE_STT,
+                        self._pending.turn_id if self._pending else "")
+            if self._pending:
+                self._fail_pending(message)
+        except Exception:  # noqa: BLE001 - the task reports its own errors
+            pass
 
     def _on_text(self, text: str) -> None:
         text = text.strip()
@@ -289,7 +307,7 @@ class ConverseSession:
     async def _shutdown(self) -> None:
         if self._stt is not None:
             self._stt.cancel()
-        for task in (self._stt_task, self._running):
+        for task in (self._stt_task, self._running, *self._watchdogs):
             if task and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
