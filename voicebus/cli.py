@@ -1,4 +1,4 @@
-"""The `voicebus` command: `up`, `status`, `config`."""
+"""The `voicebus` command: `up`, `status`, `config`, `talk`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from voicebus import talk
 from voicebus.config import CommonSettings, settings_table
 
 
@@ -22,11 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("up", help="start NATS, the four gRPC services and the web gateway")
     sub.add_parser("status", help="health of a running stack")
     sub.add_parser("config", help="every VOICEBUS_* setting with its default (Markdown table)")
+    talk.add_arguments(sub.add_parser("talk", help="one turn with the Assistant: a recording or typed text"))
     args = parser.parse_args(argv)
 
     if args.command == "config":
         print_config()
         return
+    if args.command == "talk":
+        sys.exit(talk.run(args))
     settings = CommonSettings()
     from voicebus.stack import run_stack, stack_status
 
