@@ -19,6 +19,7 @@ import grpc
 from orchestrator.clients import ReplayableStream, StageError, stt_stream
 from orchestrator.turn import Deps, TurnRunner, UserInput
 from voicebus.audio import SUPPORTED_PCM_RATES
+from voicebus.metrics import ACTIVE_STREAMS
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2, events_pb2, stt_pb2
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class ConverseSession:
     async def run(self, requests: AsyncIterator[assistant_pb2.ConverseRequest]
                   ) -> AsyncIterator[assistant_pb2.ConverseResponse | StreamEnd]:
         reader = asyncio.create_task(self._read(requests))
+        ACTIVE_STREAMS.inc()
         try:
             while True:
                 item = await self._out.get()
@@ -100,6 +102,7 @@ class ConverseSession:
                     continue  # queued before the barge-in: never delivered
                 yield item
         finally:
+            ACTIVE_STREAMS.dec()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await self._shutdown()

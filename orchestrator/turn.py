@@ -20,6 +20,8 @@ from orchestrator.phrases import APOLOGY, PLEASE_REPEAT, phrase
 from orchestrator.registry import ServiceRegistry
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.store import ConversationStore
+from voicebus.logs import conversation_id_var
+from voicebus.metrics import FALLBACKS, STAGE_SECONDS, TURNS
 from voicebus.telemetry import current_trace_id, tracer
 from voicebus.text import SentenceSplitter
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2, events_pb2, llm_pb2, tts_pb2
@@ -71,6 +73,7 @@ class TurnRunner:
         self.turn.providers.fallbacks.append(f"{common_pb2.Stage.Name(stage).removeprefix('STAGE_').lower()}: "
                                              f"{message}")
         self.emit(degraded=degraded)
+        FALLBACKS.labels(stage=common_pb2.Stage.Name(stage).removeprefix("STAGE_").lower(), kind="degraded").inc()
         self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_STAGE_DEGRADED, self.turn, text=message, stage=stage)
 
     def _tts_config(self, language: str) -> tts_pb2.SynthesisConfig:
@@ -87,7 +90,8 @@ class TurnRunner:
             self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_FIRST_AUDIO_SENT, self.turn)
         self.turn.providers.tts_engine = sentence.engine
         self.turn.providers.tts_voice = sentence.voice
-        self.spoken.setdefault(sentence.sentence_index, sentence.text)
+        if sentence.text:
+            self.spoken.setdefault(sentence.sentence_index, sentence.text)
         self.emit(audio=assistant_pb2.AudioOutput(chunk=sentence.audio, sentence_index=sentence.sentence_index,
                                                   text=sentence.text))
 
@@ -114,6 +118,7 @@ class TurnRunner:
                 "turn", attributes={"voicebus.conversation_id": self.turn.conversation_id,
                                     "voicebus.turn_id": self.turn.turn_id, "voicebus.input": user.source}) as span:
             self.turn.trace_id = current_trace_id()
+            conversation_id_var.set(self.turn.conversation_id)
             try:
                 await self._run(user)
             except asyncio.CancelledError:
@@ -215,6 +220,10 @@ class TurnRunner:
         else:
             turn.assistant_text = "".join(self.sent_text).strip()
         turn.timings.total_seconds = time.monotonic() - user.spoken_at
+        TURNS.labels(outcome=assistant_pb2.TurnOutcome.Name(turn.outcome).removeprefix("TURN_OUTCOME_").lower()).inc()
+        if turn.timings.first_audio_seconds:
+            STAGE_SECONDS.labels(stage="first_audio").observe(turn.timings.first_audio_seconds)
+        STAGE_SECONDS.labels(stage="turn").observe(turn.timings.total_seconds)
         try:
             await self.deps.store.finish_turn(turn)
         except Exception:  # noqa: BLE001 - storage trouble is logged, the client still gets the answer

@@ -31,6 +31,9 @@ class CommonSettings(BaseSettings):
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server for events and heartbeats.")
     heartbeat_seconds: float = Field(2.0, description="Interval between service heartbeats on NATS.")
     shutdown_grace_seconds: float = Field(5.0, description="In-flight calls may finish this long after SIGTERM.")
+    trace_view: bool = Field(True, description="Forward spans over NATS to the gateway's /debug/traces view.")
+    metrics_port_offset: int = Field(
+        1000, description="Each gRPC service serves Prometheus /metrics on its gRPC port plus this; 0 = off.")
     grpc_max_message_mb: int = Field(32, description="Largest gRPC message accepted or sent.")
     announce_host: str | None = Field(
         None, description="Host name other instances reach this service by, sent in NATS heartbeats; "

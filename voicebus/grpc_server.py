@@ -25,7 +25,8 @@ from voicebus.auth import BearerAuthServerInterceptor
 from voicebus.bus import EventBus
 from voicebus.config import CommonSettings
 from voicebus.logs import setup_logging
-from voicebus.telemetry import grpc_server_interceptors, setup_telemetry
+from voicebus.metrics import IN_FLIGHT, serve_metrics
+from voicebus.telemetry import grpc_server_interceptors, setup_telemetry, span_forwarder
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +69,23 @@ class LoadTracker(aio.ServerInterceptor):
         if streaming_response and inspect.isasyncgenfunction(behavior):
             async def stream_wrapper(request: Any, context: aio.ServicerContext) -> Any:
                 tracker.in_flight += 1
+                IN_FLIGHT.inc()
                 try:
                     async for item in behavior(request, context):
                         yield item
                 finally:
                     tracker.in_flight -= 1
+                    IN_FLIGHT.dec()
             return stream_wrapper
 
         async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
             tracker.in_flight += 1
+            IN_FLIGHT.inc()
             try:
                 return await behavior(request, context)
             finally:
                 tracker.in_flight -= 1
+                IN_FLIGHT.dec()
         return wrapper
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -134,8 +139,11 @@ async def run_service(
     announced = announced_address(address, settings.announce_host)
     log.info("serving", extra={"fields": {"address": address, "announced": announced, "services": service_names}})
 
+    if metrics_address := serve_metrics(address, settings.metrics_port_offset):
+        log.info("metrics", extra={"fields": {"url": f"http://{metrics_address}/metrics"}})
     bus = EventBus(settings.nats_url, name=instance_id)
     await bus.start()
+    forwarder = asyncio.create_task(span_forwarder.run(bus))
     heartbeat = asyncio.create_task(bus.heartbeat_loop(
         service=name, instance_id=instance_id, address=announced, interval=settings.heartbeat_seconds,
         capabilities=list(capabilities), load=lambda: (tracker.in_flight, tracker.load)))
@@ -150,6 +158,7 @@ async def run_service(
     for service in ["", *service_names]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     heartbeat.cancel()
+    forwarder.cancel()
     await bus.send_heartbeat(service=name, instance_id=instance_id, address=announced, capabilities=list(capabilities),
                              in_flight=tracker.in_flight, load=tracker.load, draining=True)
     await server.stop(settings.shutdown_grace_seconds)
@@ -162,4 +171,4 @@ async def run_service(
 def start_process(settings: CommonSettings) -> None:
     """Logging and telemetry for a service process (call first in `__main__`)."""
     setup_logging(settings.service_name, settings.log_level, settings.log_format)
-    setup_telemetry(settings.service_name)
+    setup_telemetry(settings.service_name, forward_spans=settings.trace_view)

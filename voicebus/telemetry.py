@@ -4,6 +4,8 @@
   Unset: `otlp` when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, else `none`.
 - `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (default) or `http/protobuf`.
 - `OTEL_SERVICE_NAME` overrides the service name Voicebus sets per process.
+- `VOICEBUS_TRACE_VIEW` (default true): also forward spans over NATS to the gateway's
+  built-in trace view (see `SpanForwarder`).
 
 Trace context crosses gRPC as metadata (the OTel gRPC interceptors) and NATS as
 message headers (`inject_headers` / `extract_context`).
@@ -11,17 +13,53 @@ message headers (`inject_headers` / `extract_context`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from typing import Any
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+if TYPE_CHECKING:
+    from voicebus.bus import EventBus
 
 log = logging.getLogger(__name__)
 _configured = False
+SPANS_SUBJECT = "voicebus.telemetry.spans"
+
+
+class SpanForwarder(SpanProcessor):
+    """Sends finished spans over NATS (OTLP protobuf) so that the gateway can show recent
+    traces of every service without an extra server (`/debug/traces`). Spans wait in a
+    bounded queue; a NATS outage loses spans, never slows a call."""
+
+    def __init__(self, max_queued: int = 5000) -> None:
+        self._spans: deque[ReadableSpan] = deque(maxlen=max_queued)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._spans.append(span)
+
+    async def run(self, bus: EventBus, interval: float = 0.5) -> None:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        while True:
+            await asyncio.sleep(interval)
+            batch = [self._spans.popleft() for _ in range(len(self._spans))]
+            if batch and bus.connected:
+                bus.publish(SPANS_SUBJECT, encode_spans(batch).SerializeToString())
+
+    def shutdown(self) -> None:
+        self._spans.clear()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+span_forwarder = SpanForwarder()
 
 
 def _exporters() -> list[SpanExporter]:
@@ -49,7 +87,7 @@ def _exporters() -> list[SpanExporter]:
     return exporters
 
 
-def setup_telemetry(service_name: str) -> TracerProvider:
+def setup_telemetry(service_name: str, forward_spans: bool = True) -> TracerProvider:
     """Install the global tracer provider once per process."""
     global _configured
     provider = trace.get_tracer_provider()
@@ -59,6 +97,8 @@ def setup_telemetry(service_name: str) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     for exporter in _exporters():
         provider.add_span_processor(BatchSpanProcessor(exporter))
+    if forward_spans:
+        provider.add_span_processor(span_forwarder)
     trace.set_tracer_provider(provider)
     _configured = True
     return provider
