@@ -1,0 +1,196 @@
+"""The Whisper engine (faster-whisper on CTranslate2) and the bounded queue in front of it.
+
+One model per process, one inference at a time: on a small CPU two parallel inferences
+are each slower than two in a row, and a single worker keeps the order of jobs fair.
+The queue in front of it is bounded so an overloaded instance says so at once
+(RESOURCE_EXHAUSTED) and the caller can go to another instance instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from stt_service.models import resolve_model
+from stt_service.settings import SttSettings
+from voicebus.audio import WHISPER_RATE
+from voicebus.v1 import stt_pb2
+
+log = logging.getLogger(__name__)
+
+# Whisper's own rule for "this window was silence": likely no speech AND an unsure decode.
+NO_SPEECH_PROB = 0.6
+NO_SPEECH_LOGPROB = -1.0
+
+
+class Overloaded(RuntimeError):
+    """Too many inference jobs are waiting; the message says so in words."""
+
+
+class UnsupportedLanguage(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class HeardSegment:
+    """A piece of decoded speech; times are seconds in the stream or file."""
+    text: str
+    start: float
+    end: float
+    avg_logprob: float
+    tokens: int
+    no_speech_prob: float
+
+
+@dataclass
+class Heard:
+    """What one inference heard."""
+    segments: list[HeardSegment]
+    language: str
+    language_probability: float
+    # Highest no-speech probability among windows dropped as silence (None: none dropped).
+    dropped_no_speech: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments).strip()
+
+
+def confidence_of(segments: list[HeardSegment]) -> float:
+    """exp of the token-weighted mean log-probability: 1 = certain, near 0 = guessing."""
+    tokens = sum(max(1, s.tokens) for s in segments)
+    if not tokens:
+        return 0.0
+    mean = sum(s.avg_logprob * max(1, s.tokens) for s in segments) / tokens
+    return float(min(1.0, math.exp(mean)))
+
+
+def make_transcript(segments: list[HeardSegment], language: str, language_probability: float,
+                    audio_start: float, audio_end: float, dropped_no_speech: float | None = None) -> stt_pb2.Transcript:
+    text = " ".join(s.text for s in segments).strip()
+    if segments:
+        no_speech = float(np.mean([s.no_speech_prob for s in segments]))
+    else:
+        # Nothing was kept: either whisper judged every window silent (its probability), or
+        # the VAD found no speech at all, so whisper never had to look (certain).
+        no_speech = 1.0 if dropped_no_speech is None else dropped_no_speech
+    return stt_pb2.Transcript(
+        text=text, language_code=language, language_probability=language_probability,
+        confidence=confidence_of(segments) if text else 0.0, no_speech_probability=no_speech,
+        no_speech=not text,
+        segments=[stt_pb2.TranscriptSegment(
+            text=s.text, start_seconds=s.start, end_seconds=s.end, confidence=confidence_of([s]),
+            no_speech_probability=s.no_speech_prob) for s in segments],
+        audio_start_seconds=audio_start, audio_end_seconds=audio_end)
+
+
+class WhisperEngine:
+    """A loaded faster-whisper model. `transcribe` blocks: call it through `InferenceQueue`."""
+
+    def __init__(self, settings: SttSettings) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: we only pass local folders
+        from faster_whisper import WhisperModel
+
+        self.name, path = resolve_model(settings.stt_model, settings.data_dir, settings.stt_model_cache_dir)
+        threads = settings.stt_cpu_threads or os.cpu_count() or 1
+        started = time.perf_counter()
+        self.model = WhisperModel(str(path), device="cpu", compute_type=settings.stt_compute_type,
+                                  cpu_threads=threads, num_workers=1, local_files_only=True)
+        self.multilingual = bool(self.model.model.is_multilingual)
+        log.info("model loaded", extra={"fields": {
+            "model": self.name, "path": str(path), "threads": threads, "multilingual": self.multilingual,
+            "seconds": round(time.perf_counter() - started, 2)}})
+
+    def language_for(self, code: str) -> str | None:
+        """The model's language for a BCP-47 hint; None = detect. Raises UnsupportedLanguage."""
+        short = code.strip().lower().replace("_", "-").split("-")[0]
+        if short in ("", "auto"):
+            return None if self.multilingual else "en"
+        if short not in self.model.supported_languages:
+            if not self.multilingual:
+                raise UnsupportedLanguage(
+                    f"the model {self.name} understands English only, not '{code}'; "
+                    "start the STT service with VOICEBUS_STT_MODEL=base for other languages")
+            raise UnsupportedLanguage(f"language '{code}' is not one Whisper knows")
+        return short
+
+    def transcribe(self, audio: np.ndarray, *, language: str | None, beam_size: int, timestamps: bool,
+                   offset: float = 0.0, prompt: str | None = None, vad_filter: bool = False,
+                   fallback: bool = False) -> Heard:
+        started = time.perf_counter()
+        segments, info = self.model.transcribe(
+            audio, language=language, beam_size=beam_size, best_of=beam_size,
+            temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0] if fallback else 0.0,
+            without_timestamps=not timestamps, initial_prompt=prompt or None,
+            # we apply whisper's silence rule ourselves below, to keep the probability
+            no_speech_threshold=None, condition_on_previous_text=timestamps,
+            vad_filter=vad_filter, vad_parameters={"min_silence_duration_ms": 1000} if vad_filter else None)
+        kept: list[HeardSegment] = []
+        dropped: float | None = None
+        for s in segments:
+            if s.no_speech_prob > NO_SPEECH_PROB and s.avg_logprob < NO_SPEECH_LOGPROB or not s.text.strip():
+                dropped = max(dropped or 0.0, s.no_speech_prob)
+                continue
+            end = min(s.end, audio.size / WHISPER_RATE) if not timestamps else s.end
+            kept.append(HeardSegment(text=s.text.strip(), start=round(offset + s.start, 3),
+                                     end=round(offset + end, 3), avg_logprob=s.avg_logprob,
+                                     tokens=len(s.tokens), no_speech_prob=s.no_speech_prob))
+        return Heard(kept, info.language, float(info.language_probability), dropped,
+                     seconds=time.perf_counter() - started)
+
+
+@dataclass
+class InferenceQueue:
+    """One worker thread; at most `max_waiting` jobs wait behind the running one."""
+    max_waiting: int
+    in_flight: int = 0
+    _executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper"))
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0
+
+    @property
+    def has_room(self) -> bool:
+        return self.in_flight <= self.max_waiting
+
+    def check_room(self) -> None:
+        if not self.has_room:
+            raise Overloaded(f"the speech recognizer is busy ({self.in_flight} jobs in progress or waiting); "
+                             "try again shortly or use another instance")
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Queue a job now (or raise Overloaded); await the returned future for its result."""
+        self.check_room()
+        loop = asyncio.get_running_loop()
+        self.in_flight += 1
+
+        def done(_: object) -> None:
+            try:
+                loop.call_soon_threadsafe(self._finished)
+            except RuntimeError:  # the loop is gone: the process is stopping
+                pass
+
+        future = self._executor.submit(fn, *args, **kwargs)
+        # Counted until the thread is really free, even when the caller stops waiting.
+        future.add_done_callback(done)
+        return asyncio.wrap_future(future)
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self.submit(fn, *args, **kwargs)
+
+    def _finished(self) -> None:
+        self.in_flight -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
