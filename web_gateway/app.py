@@ -1,27 +1,84 @@
-"""The FastAPI application: health and readiness (the API and page come with the gateway issue)."""
+"""The FastAPI application: the page, the REST and WebSocket API, health, readiness, metrics.
+
+The gateway holds one gRPC channel to the orchestrator for its whole life and talks to
+nothing else (readiness probes aside).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voicebus.grpc_client import open_channel
+from voicebus.v1 import assistant_pb2_grpc
+from web_gateway import rest
+from web_gateway.errors import install_error_handlers
 from web_gateway.health import readiness
+from web_gateway.limits import BodyLimitMiddleware
+from web_gateway.observability import GatewayMetrics, RequestContextMiddleware
+from web_gateway.security import bearer_scheme, require_token
 from web_gateway.settings import GatewaySettings
+from web_gateway.ws import websocket_endpoint
+
+STATIC = Path(__file__).resolve().parent / "static"
+PROTECTED = [Depends(bearer_scheme), Depends(require_token)]
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    app = FastAPI(title="Voicebus gateway", version="0.1.0")
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        channel = open_channel(settings.orchestrator_addr, settings)
+        app.state.stub = assistant_pb2_grpc.AssistantStub(channel)
+        try:
+            yield
+        finally:
+            await channel.close(grace=settings.shutdown_grace_seconds)
 
-    @app.get("/healthz")
+    app = FastAPI(title="Voicebus gateway", version="0.1.0", lifespan=lifespan,
+                  description="Talk to the Voicebus assistant over HTTP and WebSocket. "
+                              "Send `Authorization: Bearer <token>` when the gateway has VOICEBUS_AUTH_TOKEN.")
+    app.state.settings = settings
+    app.state.metrics = metrics = GatewayMetrics()
+    install_error_handlers(app)
+
+    # Outermost last: request id + trace wrap everything, including CORS and the size guard.
+    app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.max_upload_bytes() * 4 // 3 + 65_536)
+    if origins := settings.cors_origin_list():
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "X-Trace-Id"], allow_credentials="*" not in origins)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """The gateway process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         """200 when the orchestrator and the services it needs are serving, else 503."""
         services = await readiness(settings)
         ready = all(s["status"] == "SERVING" for s in services.values())
         return JSONResponse({"ready": ready, "services": services}, status_code=200 if ready else 503)
 
+    @app.get("/metrics", tags=["health"], dependencies=PROTECTED, response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics of the gateway (request latency per route, turns by outcome)."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(rest.router, dependencies=PROTECTED, tags=["assistant"])
+    app.add_api_websocket_route("/ws", websocket_endpoint)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        # The page loads without a token; it asks for one when the API answers 401.
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -13,3 +13,17 @@ class GatewaySettings(CommonSettings):
     service_name: ClassVar[str] = "gateway"
 
     readiness_timeout_seconds: float = Field(1.0, description="Per-service health check timeout behind /readyz.")
+    cors_origins: str = Field(
+        "", description="Comma-separated origins the gateway answers cross-origin (CORS); empty = none, `*` = any.")
+    max_upload_mb: float = Field(
+        25.0, description="Largest audio upload or JSON body the gateway accepts (HTTP 413 above it).")
+    gateway_turn_timeout_seconds: float = Field(
+        180.0, description="Deadline of one REST turn (ProcessTurn) at the orchestrator; then HTTP 503.")
+    gateway_call_timeout_seconds: float = Field(
+        10.0, description="Deadline of conversation list/read/delete calls at the orchestrator.")
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

@@ -1,0 +1,131 @@
+"""The page in a real browser: Debian's Chromium driven by Playwright, its fake microphone
+playing espeak-ng speech, against the real stack behind the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from gateway_stack import QUESTION, TOKEN, output_dir, shared_stack, speech_wav
+from helpers import word_error_rate
+
+CHROMIUM = "/usr/bin/chromium"
+LEAD_SILENCE, TAIL_SILENCE = 0.4, 2.5
+
+
+@pytest.fixture(scope="module")
+def stack(nats_server, request):
+    return shared_stack(nats_server.url, request.config)
+
+
+@pytest.fixture(scope="module")
+def mic_wav():
+    # Chromium loops the file: silence after the question keeps the loop from speaking it
+    # twice while the button is held.
+    return speech_wav(QUESTION, output_dir("browser") / "mic.wav", LEAD_SILENCE, TAIL_SILENCE)
+
+
+@pytest.fixture(scope="module")
+async def browser(mic_wav):
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic_wav}", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--autoplay-policy=no-user-gesture-required"])
+        yield browser
+        await browser.close()
+
+
+async def open_page(browser: Browser, base: str, token: str | None, **context_args) -> Page:
+    context = await browser.new_context(permissions=["microphone"], **context_args)
+    if token:
+        await context.add_init_script(f"localStorage.setItem('voicebus.token', {json.dumps(token)})")
+    page = await context.new_page()
+    page.on("console", lambda m: m.type == "error" and print("browser console:", m.text))
+    await page.goto(base)
+    return page
+
+
+async def state(page: Page) -> dict:
+    return await page.evaluate("() => ({...window.voicebus, events: window.voicebus.events.slice(-40)})")
+
+
+def speech_seconds(path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate() - TAIL_SILENCE
+
+
+async def hold_talk(page: Page, seconds: float) -> None:
+    box = await page.get_by_test_id("talk-button").bounding_box()
+    assert box
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    await page.mouse.down()
+    await asyncio.sleep(seconds)
+    await page.mouse.up()
+
+
+async def test_page_asks_for_the_token_and_then_connects(stack, browser):
+    page = await open_page(browser, stack.base, token=None)
+    dialog = page.get_by_test_id("token-dialog")
+    await dialog.wait_for(state="visible", timeout=15_000)
+    await page.get_by_test_id("token-input").fill(TOKEN)
+    await page.get_by_test_id("token-save").click()
+    await page.wait_for_function("() => window.voicebus.state === 'idle'", timeout=15_000)
+    assert await page.evaluate("() => localStorage.getItem('voicebus.token')") == TOKEN
+    await page.context.close()
+
+
+async def test_push_to_talk_shows_transcript_answer_and_plays_audio(stack, browser, mic_wav):
+    page = await open_page(browser, stack.base, token=TOKEN, viewport={"width": 1280, "height": 800})
+    await page.wait_for_function("() => window.voicebus.state === 'idle'", timeout=15_000)
+    await hold_talk(page, speech_seconds(mic_wav) + 0.6)
+    try:
+        await page.wait_for_function("() => window.voicebus.turnsCompleted >= 1", timeout=120_000)
+        await page.wait_for_function("() => window.voicebus.chunksPlayed > 0", timeout=60_000)
+    finally:
+        await page.screenshot(path=str(output_dir("browser") / "push-to-talk.png"))
+    vb = await state(page)
+    assert word_error_rate(QUESTION, vb["lastTranscript"]) <= 0.2, vb
+    assert vb["lastResponse"].strip(), vb
+    assert vb["lastTurn"]["outcome"] == "completed", vb
+    events = vb["events"]
+    assert events.index("transcript") < events.index("response_delta") < events.index("turn_completed"), events
+    assert "capital" in (await page.get_by_test_id("user-text").last.inner_text()).lower()
+    assert (await page.get_by_test_id("assistant-text").last.inner_text()).strip() == vb["lastResponse"].strip()
+    assert "total" in await page.get_by_test_id("turn-timings").last.inner_text()
+    # The new conversation shows up in the list, marked as the current one.
+    current = page.locator("[data-testid=conversation].current")
+    await current.wait_for(timeout=10_000)
+    assert await current.get_attribute("data-id") == vb["conversationId"]
+
+    # Barge-in: a typed question, then talking over its spoken answer.
+    await page.wait_for_function("() => window.voicebus.state === 'idle'", timeout=60_000)
+    sent = (await state(page))["interruptsSent"]
+    await page.get_by_test_id("text-input").fill("Tell me a long story about a brave dragon and a knight.")
+    await page.get_by_test_id("text-input").press("Enter")
+    await page.wait_for_function("() => window.voicebus.playing", timeout=120_000)
+    running = await page.evaluate("() => window.voicebus.turnRunning")
+    box = await page.get_by_test_id("talk-button").bounding_box()
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    await page.mouse.down()
+    # Local playback stops at once, without waiting for the server.
+    after = await page.evaluate("() => ({playing: window.voicebus.playing, sent: window.voicebus.interruptsSent})")
+    assert after == {"playing": False, "sent": sent + 1}, after
+    await asyncio.sleep(speech_seconds(mic_wav) + 0.6)
+    await page.mouse.up()
+    if running:  # the server was still producing the answer: it must end it as interrupted
+        await page.wait_for_function("() => window.voicebus.interruptions >= 1", timeout=30_000)
+    await page.wait_for_function("() => window.voicebus.state === 'idle' || window.voicebus.state === 'speaking'",
+                                 timeout=120_000)
+    await page.screenshot(path=str(output_dir("browser") / "barge-in.png"))
+
+    # The same page on a phone-sized screen.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.screenshot(path=str(output_dir("browser") / "phone.png"))
+    assert not (await state(page))["errors"], (await state(page))["errors"]
+    await page.context.close()

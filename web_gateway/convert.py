@@ -1,0 +1,118 @@
+"""Between the gateway's JSON and the Assistant API's protobuf messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2
+
+from web_gateway.errors import ApiError
+
+# Names a client may give for its audio format (`format` in the WS start message, or
+# the `format` query parameter of /api/process_audio).
+FORMAT_NAMES: dict[str, int] = {
+    "": audio_pb2.AUDIO_ENCODING_UNSPECIFIED,
+    "auto": audio_pb2.AUDIO_ENCODING_UNSPECIFIED,
+    "pcm16": audio_pb2.AUDIO_ENCODING_PCM16,
+    "wav": audio_pb2.AUDIO_ENCODING_WAV,
+    "mp3": audio_pb2.AUDIO_ENCODING_MP3,
+    "ogg": audio_pb2.AUDIO_ENCODING_OGG_OPUS,
+    "webm": audio_pb2.AUDIO_ENCODING_WEBM_OPUS,
+    "flac": audio_pb2.AUDIO_ENCODING_FLAC,
+}
+
+MIME_TYPES: dict[int, str] = {
+    audio_pb2.AUDIO_ENCODING_PCM16: "audio/L16",
+    audio_pb2.AUDIO_ENCODING_WAV: "audio/wav",
+    audio_pb2.AUDIO_ENCODING_MP3: "audio/mpeg",
+    audio_pb2.AUDIO_ENCODING_OGG_OPUS: "audio/ogg",
+    audio_pb2.AUDIO_ENCODING_WEBM_OPUS: "audio/webm",
+    audio_pb2.AUDIO_ENCODING_FLAC: "audio/flac",
+}
+
+ROLES = {"system": common_pb2.ROLE_SYSTEM, "user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT}
+STAGES = {common_pb2.STAGE_INPUT: "input", common_pb2.STAGE_STT: "stt", common_pb2.STAGE_LLM: "llm",
+          common_pb2.STAGE_TTS: "tts", common_pb2.STAGE_STORAGE: "storage"}
+OUTCOMES = {assistant_pb2.TURN_OUTCOME_COMPLETED: "completed", assistant_pb2.TURN_OUTCOME_FAILED: "failed",
+            assistant_pb2.TURN_OUTCOME_INTERRUPTED: "interrupted", assistant_pb2.TURN_OUTCOME_NO_SPEECH: "no_speech"}
+
+
+def input_format(name: str | None, sample_rate: int | None) -> audio_pb2.AudioFormat:
+    """The AudioFormat for a client's format name; PCM16 needs its sample rate."""
+    key = str(name or "").strip().lower()
+    if key in ("pcm", "s16le", "l16", "audio/l16"):
+        key = "pcm16"
+    if key not in FORMAT_NAMES:
+        raise ApiError(422, "invalid_format", f"unknown audio format {name!r}; use one of: "
+                       + ", ".join(k for k in FORMAT_NAMES if k))
+    encoding = FORMAT_NAMES[key]
+    if encoding == audio_pb2.AUDIO_ENCODING_PCM16 and not sample_rate:
+        raise ApiError(422, "invalid_format", "format pcm16 needs its sample_rate (e.g. 16000)")
+    return audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=int(sample_rate or 0), channels=1)
+
+
+def output_format(name: str | None, sample_rate: int | None) -> audio_pb2.AudioFormat:
+    """The answer's audio format; PCM16 unless asked otherwise, at the engine's rate unless given."""
+    key = str(name or "pcm16").strip().lower()
+    if key not in FORMAT_NAMES or key in ("", "auto"):
+        raise ApiError(422, "invalid_format", f"unknown output format {name!r}; use pcm16, wav, mp3, ogg or flac")
+    return audio_pb2.AudioFormat(encoding=FORMAT_NAMES[key], sample_rate_hz=int(sample_rate or 0), channels=1)
+
+
+# Leading bytes of the containers STT decodes (PyAV/FFmpeg). Used only to turn an
+# upload that is plainly not audio (a PDF, a text file, JSON) into a quick 415; what
+# passes is still decoded, and rejected with 422, by the services behind us.
+_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (0, b"RIFF"), (0, b"RF64"), (0, b"OggS"), (0, b"fLaC"), (0, b"ID3"), (0, b"\x1a\x45\xdf\xa3"),  # WAV, Ogg, FLAC, MP3, WebM/MKV
+    (4, b"ftyp"), (0, b"FORM"), (0, b"caff"), (0, b"#!AMR"), (0, b".snd"),  # MP4/M4A/3GP, AIFF, CAF, AMR, AU
+    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"),  # ASF (WMA)
+)
+
+
+def looks_like_audio(data: bytes) -> bool:
+    if any(data[offset:offset + len(magic)] == magic for offset, magic in _SIGNATURES):
+        return True
+    # MPEG audio (MP3 without ID3) and ADTS AAC start with an 11/12-bit frame sync.
+    return len(data) >= 2 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0
+
+
+def history_messages(history: list[dict[str, str]] | None) -> list[common_pb2.ChatMessage]:
+    return [common_pb2.ChatMessage(role=ROLES[m["role"]], content=m["content"]) for m in history or ()]
+
+
+def timings_json(t: assistant_pb2.StageTimings) -> dict[str, float]:
+    return {"stt_seconds": round(t.stt_seconds, 4), "llm_first_token_seconds": round(t.llm_first_token_seconds, 4),
+            "llm_seconds": round(t.llm_seconds, 4), "tts_first_chunk_seconds": round(t.tts_first_chunk_seconds, 4),
+            "first_audio_seconds": round(t.first_audio_seconds, 4), "total_seconds": round(t.total_seconds, 4)}
+
+
+def providers_json(p: assistant_pb2.TurnProviders) -> dict[str, Any]:
+    return {"stt_model": p.stt_model, "llm_provider": p.llm_provider, "llm_model": p.llm_model,
+            "tts_engine": p.tts_engine, "tts_voice": p.tts_voice, "fallbacks": list(p.fallbacks)}
+
+
+def turn_json(turn: assistant_pb2.Turn) -> dict[str, Any]:
+    return {
+        "turn_id": turn.turn_id, "conversation_id": turn.conversation_id, "index": turn.index,
+        "user_text": turn.user_text, "assistant_text": turn.assistant_text, "language": turn.language_code,
+        "outcome": OUTCOMES.get(turn.outcome, "unspecified"), "interrupted": turn.interrupted,
+        "timings": timings_json(turn.timings),
+        "providers": providers_json(turn.providers), "error_message": turn.error_message,
+        "created_at": turn.created_at.ToJsonString() if turn.HasField("created_at") else None,
+        "trace_id": turn.trace_id,
+    }
+
+
+def conversation_json(c: assistant_pb2.Conversation, with_turns: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "conversation_id": c.conversation_id, "title": c.title, "turn_count": c.turn_count,
+        "created_at": c.created_at.ToJsonString() if c.HasField("created_at") else None,
+        "updated_at": c.updated_at.ToJsonString() if c.HasField("updated_at") else None,
+    }
+    if with_turns:
+        out["turns"] = [turn_json(t) for t in c.turns]
+    return out
+
+
+def degraded_json(d: assistant_pb2.StageDegraded) -> dict[str, str]:
+    return {"stage": STAGES.get(d.stage, "unspecified"), "message": d.message}

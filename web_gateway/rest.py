@@ -1,0 +1,206 @@
+"""REST routes: one turn per request (audio upload or JSON chat) and the conversation store."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from opentelemetry import trace
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+
+from voicebus.v1 import assistant_pb2, audio_pb2
+from web_gateway.convert import (MIME_TYPES, OUTCOMES, conversation_json, degraded_json, history_messages,
+                                 input_format, looks_like_audio, providers_json, timings_json)
+from web_gateway.errors import ApiError
+
+router = APIRouter(prefix="/api")
+
+AUDIO_FORMATS = "WAV, WebM/Opus, Ogg/Opus, MP3, FLAC, M4A, or PCM16 with ?format=pcm16&sample_rate=N"
+
+
+class ChatMessageIn(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class ChatRequest(BaseModel):
+    """Exactly one of `audio_base64` and `text`."""
+
+    audio_base64: str | None = Field(None, description="A whole recording, base64 (any format STT accepts).")
+    text: str | None = Field(None, description="A typed user turn.")
+    history: list[ChatMessageIn] = Field(default_factory=list,
+                                         description="Earlier messages to seed a NEW conversation with.")
+    conversation_id: str | None = Field(None, description="Continue this conversation; empty = a new one.")
+    language: str | None = Field(None, description="BCP-47 hint (e.g. `en`, `hi`); empty = detect.")
+    audio_format: str | None = Field(None, description="`pcm16` for raw samples (then `sample_rate`); else detected.")
+    sample_rate: int | None = Field(None, ge=8000, le=48000)
+    synthesize_audio: bool = Field(True, description="False = text answer only.")
+
+
+class TurnResponse(BaseModel):
+    conversation_id: str
+    turn_id: str
+    transcript: str = Field(description="What the user said (or typed).")
+    response: str = Field(description="The assistant's answer.")
+    audio_output: str | None = Field(description="The answer's speech, base64 (WAV), or null without audio.")
+    audio_mime: str | None
+    language: str
+    outcome: str = Field(description="completed, failed, interrupted or no_speech.")
+    timings: dict[str, float]
+    providers: dict[str, Any]
+    degraded: list[dict[str, str]]
+    trace_id: str
+
+
+def _stub(request: Request) -> Any:
+    return request.app.state.stub
+
+
+def _options(language: str | None, synthesize: bool) -> assistant_pb2.TurnOptions:
+    return assistant_pb2.TurnOptions(
+        language_code=(language or "").strip(), synthesize_audio=synthesize,
+        output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV))
+
+
+async def _run_turn(request: Request, route: str, turn_request: assistant_pb2.ProcessTurnRequest) -> dict[str, Any]:
+    settings = request.app.state.settings
+    started = time.perf_counter()
+    try:
+        reply: assistant_pb2.ProcessTurnResponse = await _stub(request).ProcessTurn(
+            turn_request, timeout=settings.gateway_turn_timeout_seconds)
+    except Exception:
+        request.app.state.metrics.turns.labels(route, "error").inc()
+        raise
+    turn = reply.turn
+    ctx = trace.get_current_span().get_span_context()
+    trace_id = turn.trace_id or (f"{ctx.trace_id:032x}" if ctx.is_valid else "")
+    request.state.trace_id = trace_id
+    outcome = OUTCOMES.get(turn.outcome, "unspecified")
+    request.app.state.metrics.turns.labels(route, outcome).inc()
+    timings = timings_json(turn.timings)
+    timings["gateway_seconds"] = round(time.perf_counter() - started, 4)
+    return {
+        "conversation_id": turn.conversation_id, "turn_id": turn.turn_id,
+        "transcript": turn.user_text, "response": turn.assistant_text,
+        "audio_output": base64.b64encode(reply.audio).decode("ascii") if reply.audio else None,
+        "audio_mime": MIME_TYPES.get(reply.audio_format.encoding, "audio/wav") if reply.audio else None,
+        "language": turn.language_code, "outcome": outcome, "timings": timings,
+        "providers": providers_json(turn.providers), "degraded": [degraded_json(d) for d in reply.degraded],
+        "trace_id": trace_id,
+    }
+
+
+def _check_audio(data: bytes, limit: int, audio_format: audio_pb2.AudioFormat) -> None:
+    if not data:
+        raise ApiError(400, "no_audio", "no audio: send a multipart field `file` (or `audio`), "
+                                        "or the recording itself as the request body")
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"the audio is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB")
+    if audio_format.encoding == audio_pb2.AUDIO_ENCODING_UNSPECIFIED and not looks_like_audio(data):
+        raise ApiError(415, "unsupported_media_type", f"the upload is not audio in a format we accept ({AUDIO_FORMATS})")
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The recording (or use the field `audio`)."},
+        "conversation_id": {"type": "string"}, "language": {"type": "string"}}}},
+    "audio/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+
+@router.post("/process_audio", response_model=TurnResponse, openapi_extra=UPLOAD_BODY,
+             summary="One spoken turn: an audio upload in, transcript + answer text + WAV speech out")
+async def process_audio(
+    request: Request,
+    conversation_id: str | None = Query(None, description="Continue this conversation; empty = a new one."),
+    language: str | None = Query(None, description="BCP-47 hint; empty = detect."),
+    format: str | None = Query(None, description="`pcm16` for raw samples; empty = detect the container."),
+    sample_rate: int | None = Query(None, ge=8000, le=48000, description="Sample rate of pcm16 audio."),
+    synthesize_audio: bool = Query(True, description="False = text answer only."),
+) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("file") or form.get("audio")
+        if isinstance(upload, UploadFile):
+            data = await upload.read()
+        elif isinstance(upload, str):
+            raise ApiError(400, "no_audio", "the field `file` must be a file upload, not a text value")
+        else:
+            data = b""
+        conversation_id = conversation_id or _form_text(form.get("conversation_id"))
+        language = language or _form_text(form.get("language"))
+    elif content_type in ("application/json", "application/x-www-form-urlencoded") or content_type.startswith("text/"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"{content_type} is not audio: upload a recording ({AUDIO_FORMATS}); for JSON use /api/chat")
+    else:
+        data = await request.body()
+    audio_format = input_format(format, sample_rate)
+    _check_audio(data, request.app.state.settings.max_upload_bytes(), audio_format)
+    turn_request = assistant_pb2.ProcessTurnRequest(
+        conversation_id=(conversation_id or "").strip(), audio=data, audio_format=audio_format,
+        options=_options(language, synthesize_audio))
+    return await _run_turn(request, "process_audio", turn_request)
+
+
+def _form_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@router.post("/chat", response_model=TurnResponse,
+             summary="One turn from JSON: base64 audio or text in, the same answer out as /api/process_audio")
+async def chat(request: Request, body: ChatRequest) -> dict[str, Any]:
+    has_audio, has_text = bool(body.audio_base64), body.text is not None
+    if has_audio == has_text:
+        raise ApiError(422, "invalid_request", "send exactly one of `audio_base64` and `text`")
+    turn_request = assistant_pb2.ProcessTurnRequest(
+        conversation_id=(body.conversation_id or "").strip(), history=history_messages(
+            [m.model_dump() for m in body.history]), options=_options(body.language, body.synthesize_audio))
+    if has_text:
+        text = (body.text or "").strip()
+        if not text:
+            raise ApiError(422, "empty_text", "`text` is empty")
+        turn_request.text = text
+    else:
+        try:
+            data = base64.b64decode((body.audio_base64 or "").strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "invalid_base64", "`audio_base64` is not valid base64") from None
+        audio_format = input_format(body.audio_format, body.sample_rate)
+        _check_audio(data, request.app.state.settings.max_upload_bytes(), audio_format)
+        turn_request.audio = data
+        turn_request.audio_format.CopyFrom(audio_format)
+    return await _run_turn(request, "chat", turn_request)
+
+
+@router.get("/conversations", summary="Conversations, most recently updated first")
+async def list_conversations(
+    request: Request, page_size: int = Query(50, ge=1, le=500), page_token: str = Query(""),
+) -> dict[str, Any]:
+    reply = await _stub(request).ListConversations(
+        assistant_pb2.ListConversationsRequest(page_size=page_size, page_token=page_token),
+        timeout=request.app.state.settings.gateway_call_timeout_seconds)
+    return {"conversations": [conversation_json(c, with_turns=False) for c in reply.conversations],
+            "next_page_token": reply.next_page_token}
+
+
+@router.get("/conversations/{conversation_id}", summary="One conversation with its turns, oldest first")
+async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
+    reply = await _stub(request).GetConversation(
+        assistant_pb2.GetConversationRequest(conversation_id=conversation_id),
+        timeout=request.app.state.settings.gateway_call_timeout_seconds)
+    return conversation_json(reply.conversation, with_turns=True)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=204, summary="Delete a conversation and its turns")
+async def delete_conversation(request: Request, conversation_id: str) -> Response:
+    await _stub(request).DeleteConversation(
+        assistant_pb2.DeleteConversationRequest(conversation_id=conversation_id),
+        timeout=request.app.state.settings.gateway_call_timeout_seconds)
+    return Response(status_code=204)

@@ -1,0 +1,583 @@
+// Voicebus page: push-to-talk over a WebSocket, answers streamed as text and PCM16 audio.
+// Plain JavaScript, no build step. Protocol: see the README ("WebSocket /ws").
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const TOKEN_KEY = "voicebus.token";
+  const CONVERSATION_KEY = "voicebus.conversation";
+
+  // Observable state (tests read it; handy in the console too).
+  const vb = window.voicebus = {
+    state: "connecting", conversationId: null, lastTranscript: "", lastResponse: "",
+    chunksReceived: 0, chunksScheduled: 0, chunksPlayed: 0, turnsCompleted: 0, interruptions: 0, interruptsSent: 0,
+    lastTurn: null, errors: [], events: [],
+  };
+
+  // ---- small helpers ---------------------------------------------------------
+  const hex = (bytes) => Array.from(crypto.getRandomValues(new Uint8Array(bytes)),
+    (b) => b.toString(16).padStart(2, "0")).join("");
+  const traceparent = () => `00-${hex(16)}-${hex(8)}-01`;
+  const token = () => localStorage.getItem(TOKEN_KEY) || "";
+
+  function setState(state) {
+    vb.state = state;
+    const labels = { connecting: "Connecting…", idle: "Ready", listening: "Listening…", thinking: "Thinking…",
+      speaking: "Speaking…", offline: "Offline — reconnecting", locked: "Token needed" };
+    $("status").textContent = labels[state] || state;
+    $("status").dataset.state = state;
+    const talk = $("talk");
+    talk.classList.toggle("recording", state === "listening");
+    talk.classList.toggle("interrupt", state === "speaking" || state === "thinking");
+    $("talk-label").textContent = state === "listening" ? "Release to send"
+      : (state === "speaking" || state === "thinking") ? "Hold to interrupt" : "Hold to talk";
+  }
+
+  function showError(message) {
+    vb.errors.push(message);
+    $("error-text").textContent = message;
+    $("error").hidden = false;
+  }
+  const clearError = () => { $("error").hidden = true; };
+
+  async function api(path, options = {}) {
+    const headers = { traceparent: traceparent(), ...(options.headers || {}) };
+    if (token()) headers.Authorization = `Bearer ${token()}`;
+    let reply;
+    try {
+      reply = await fetch(path, { ...options, headers });
+    } catch (err) {
+      throw new Error("The gateway cannot be reached. Is it running?");
+    }
+    if (reply.status === 401) askForToken("The gateway needs an access token.");
+    if (!reply.ok) {
+      let message = `${reply.status} ${reply.statusText}`;
+      try { message = (await reply.json()).error.message || message; } catch (_) { /* not JSON */ }
+      const error = new Error(message);
+      error.status = reply.status;
+      throw error;
+    }
+    return reply.status === 204 ? null : reply.json();
+  }
+
+  // ---- audio out: PCM16 chunks scheduled back to back with Web Audio ----------
+  const player = {
+    ctx: null, nextTime: 0, sources: new Set(),
+    unlock() {
+      if (!this.ctx) this.ctx = new (window.AudioContext || window.webkitAudioContext)();
+      if (this.ctx.state === "suspended") this.ctx.resume();
+    },
+    get playing() { return this.sources.size > 0; },
+    async play(header, data) {
+      this.unlock();
+      let buffer;
+      if (header.encoding === "pcm16") {
+        const samples = new Int16Array(data, 0, data.byteLength >> 1);
+        if (!samples.length) return;
+        buffer = this.ctx.createBuffer(1, samples.length, header.sample_rate || 22050);
+        const channel = buffer.getChannelData(0);
+        for (let i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
+      } else {
+        buffer = await this.ctx.decodeAudioData(data.slice(0));
+      }
+      const source = this.ctx.createBufferSource();
+      source.buffer = buffer;
+      source.connect(this.ctx.destination);
+      const at = Math.max(this.ctx.currentTime + 0.02, this.nextTime);
+      source.start(at);
+      this.nextTime = at + buffer.duration;
+      this.sources.add(source);
+      vb.chunksScheduled++;
+      source.onended = () => {
+        this.sources.delete(source);
+        vb.chunksPlayed++;
+        if (!this.sources.size && vb.state === "speaking" && !turnRunning) setState("idle");
+      };
+    },
+    stop() {
+      for (const source of this.sources) {
+        source.onended = null;
+        try { source.stop(); } catch (_) { /* not started yet */ }
+      }
+      this.sources.clear();
+      this.nextTime = 0;
+    },
+  };
+
+  // ---- the WebSocket --------------------------------------------------------------
+  let ws = null;
+  let started = false;        // a `start` went out on this socket
+  let pendingAudio = null;    // the JSON header of the binary frame that comes next
+  let turnRunning = false;    // the server is working on a turn
+  let mutedTurns = new Set(); // turns the user interrupted: drop their late audio
+  let retryDelay = 500;
+  let turnWaiters = [];       // resolved when the running turn ends
+
+  function connect() {
+    const url = new URL("/ws", location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    const protocols = ["voicebus.v1"];
+    if (token()) {
+      if (/^[A-Za-z0-9._~+\/=-]+$/.test(token())) protocols.push(`bearer.${token()}`);
+      else url.searchParams.set("token", token());
+    }
+    ws = new WebSocket(url, protocols);
+    ws.binaryType = "arraybuffer";
+    started = false;
+    ws.onopen = () => { retryDelay = 500; setState("idle"); };
+    ws.onmessage = (message) => onMessage(message.data);
+    ws.onclose = (event) => {
+      ws = null;
+      started = false;
+      endTurn();
+      if (event.code === 4401) { setState("locked"); askForToken("The gateway refused the access token."); return; }
+      setState("offline");
+      setTimeout(connect, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 8000);
+    };
+  }
+
+  function waitOpen() {
+    if (ws && ws.readyState === WebSocket.OPEN) return Promise.resolve();
+    if (!ws) connect();
+    return new Promise((resolve, reject) => {
+      const started = Date.now();
+      const check = () => {
+        if (ws && ws.readyState === WebSocket.OPEN) resolve();
+        else if (Date.now() - started > 5000) reject(new Error("Not connected to the gateway."));
+        else setTimeout(check, 50);
+      };
+      check();
+    });
+  }
+
+  function send(message) { ws.send(JSON.stringify(message)); }
+
+  async function ensureStarted() {
+    await waitOpen();
+    if (started) return;
+    send({ type: "start", conversation_id: vb.conversationId || undefined, format: recorderFormat().format,
+      output_format: "pcm16", traceparent: traceparent() });
+    started = true;
+  }
+
+  function onMessage(data) {
+    if (typeof data !== "string") {
+      const header = pendingAudio;
+      pendingAudio = null;
+      if (!header) return;
+      vb.chunksReceived++;
+      if (mutedTurns.has(header.turn_id)) return;
+      if (vb.state === "thinking") setState("speaking");
+      player.play(header, data).catch((err) => showError(`Cannot play the answer: ${err.message}`));
+      return;
+    }
+    const event = JSON.parse(data);
+    vb.events.push(event.type);
+    if (vb.events.length > 300) vb.events.shift();
+    const handler = handlers[event.type];
+    if (handler) handler(event);
+  }
+
+  const handlers = {
+    conversation_opened(e) {
+      const isNew = vb.conversationId !== e.conversation_id;
+      setConversation(e.conversation_id);
+      if (isNew) refreshConversations();
+    },
+    turn_started(e) {
+      turnRunning = true;
+      const turn = currentTurn(e.input === "text") || newTurn();
+      turn.id = e.turn_id;
+      turn.el.dataset.turnId = e.turn_id;
+      if (vb.state !== "listening") setState("thinking");
+    },
+    speech_started(e) { turnFor(e).user.classList.add("interim"); },
+    transcript(e) {
+      const turn = turnFor(e);
+      turn.user.textContent = e.text || "…";
+      turn.user.classList.toggle("interim", !e.final);
+      if (e.final) vb.lastTranscript = e.text;
+      scrollDown();
+    },
+    response_delta(e) {
+      const turn = turnFor(e);
+      turn.answer += e.text;
+      turn.assistant.textContent = turn.answer;
+      vb.lastResponse = turn.answer;
+      scrollDown();
+    },
+    audio(e) { pendingAudio = e; },
+    degraded(e) { note(turnFor(e), `${e.stage.toUpperCase()} degraded: ${e.message}`); },
+    turn_completed(e) { finishTurn(e, null); },
+    turn_interrupted(e) { finishTurn(e, "interrupted"); },
+    turn_failed(e) { finishTurn(e, "failed"); note(turnFor(e), e.message); },
+    error(e) {
+      showError(e.message);
+      if (e.fatal) {
+        started = false;
+        if (e.code === "not_found") { setConversation(null); }
+        endTurn();
+      }
+    },
+  };
+
+  Object.defineProperty(vb, "playing", { get: () => player.playing, enumerable: true });
+  Object.defineProperty(vb, "turnRunning", { get: () => turnRunning, enumerable: true });
+
+  // ---- turns on screen ----------------------------------------------------------
+  let turns = [];
+
+  function newTurn(userText) {
+    $("welcome").hidden = true;
+    const el = document.createElement("article");
+    el.className = "turn";
+    el.dataset.testid = "turn";
+    const user = document.createElement("div");
+    user.className = "bubble user";
+    user.dataset.testid = "user-text";
+    user.textContent = userText || "";
+    const assistant = document.createElement("div");
+    assistant.className = "bubble assistant";
+    assistant.dataset.testid = "assistant-text";
+    const meta = document.createElement("div");
+    meta.className = "turn-meta";
+    meta.dataset.testid = "turn-timings";
+    el.append(user, assistant, meta);
+    $("turns").append(el);
+    const turn = { id: null, el, user, assistant, meta, answer: "", done: false };
+    turns.push(turn);
+    scrollDown();
+    return turn;
+  }
+
+  // The newest turn still waiting for its id (made when the user pressed talk or sent text).
+  function currentTurn() {
+    const last = turns[turns.length - 1];
+    return last && !last.id && !last.done ? last : null;
+  }
+
+  function turnFor(event) {
+    return turns.find((t) => t.id && t.id === event.turn_id) || currentTurn() || newTurn();
+  }
+
+  function note(turn, text) {
+    const p = document.createElement("div");
+    p.className = "turn-note";
+    p.textContent = text;
+    turn.el.append(p);
+  }
+
+  const seconds = (s) => (s ? `${s.toFixed(2)} s` : null);
+
+  function describe(turn, record, label) {
+    const t = record.timings || {};
+    const parts = [
+      t.stt_seconds && `STT ${seconds(t.stt_seconds)}`,
+      t.llm_first_token_seconds && `first token ${seconds(t.llm_first_token_seconds)}`,
+      t.first_audio_seconds && `first audio ${seconds(t.first_audio_seconds)}`,
+      t.total_seconds && `total ${seconds(t.total_seconds)}`,
+    ].filter(Boolean);
+    const p = record.providers || {};
+    const who = [p.llm_model || p.llm_provider, p.tts_engine].filter(Boolean).join(" · ");
+    turn.meta.textContent = "";
+    const outcome = label || (record.outcome && record.outcome !== "completed" ? record.outcome.replace("_", " ") : "");
+    if (outcome) {
+      const tag = document.createElement("span");
+      tag.className = `tag${outcome === "failed" ? " warn" : ""}`;
+      tag.textContent = outcome;
+      turn.meta.append(tag);
+    }
+    turn.meta.append(document.createTextNode([parts.join(" · "), who].filter(Boolean).join("  —  ")));
+  }
+
+  function finishTurn(e, label) {
+    const turn = turnFor(e);
+    const record = e.turn || {};
+    if (record.user_text && !turn.user.textContent.trim()) turn.user.textContent = record.user_text;
+    turn.user.classList.remove("interim");
+    if (record.assistant_text && (label || !turn.answer)) {
+      turn.answer = record.assistant_text;
+      turn.assistant.textContent = record.assistant_text;
+    }
+    if (!turn.assistant.textContent) turn.assistant.textContent = label === "interrupted" ? "—" : "";
+    turn.done = true;
+    describe(turn, record, label);
+    vb.lastTurn = record;
+    if (record.user_text) vb.lastTranscript = record.user_text;
+    if (record.assistant_text) vb.lastResponse = record.assistant_text;
+    if (label === "interrupted") vb.interruptions++;
+    else vb.turnsCompleted++;
+    endTurn();
+    refreshConversations();
+  }
+
+  function endTurn() {
+    turnRunning = false;
+    turnWaiters.splice(0).forEach((resolve) => resolve());
+    if (vb.state === "listening") return;
+    setState(player.playing ? "speaking" : (ws ? "idle" : "offline"));
+  }
+
+  function renderStoredTurns(conversation) {
+    $("turns").querySelectorAll(".turn").forEach((el) => el.remove());
+    turns = [];
+    $("welcome").hidden = conversation.turns.length > 0;
+    for (const record of conversation.turns) {
+      const turn = newTurn(record.user_text || "(no speech)");
+      turn.id = record.turn_id;
+      turn.answer = record.assistant_text;
+      turn.assistant.textContent = record.assistant_text || "—";
+      turn.done = true;
+      describe(turn, record, record.interrupted ? "interrupted" : null);
+    }
+  }
+
+  const scrollDown = () => { $("turns").scrollTop = $("turns").scrollHeight; };
+
+  // ---- barge-in -------------------------------------------------------------------
+  function interruptAnswer() {
+    const speaking = player.playing || turnRunning;
+    player.stop();
+    if (!speaking) return Promise.resolve();
+    for (const turn of turns) if (turn.id && !turn.done) mutedTurns.add(turn.id);
+    if (ws && ws.readyState === WebSocket.OPEN && started) {
+      send({ type: "interrupt" });
+      vb.interruptsSent++;
+    }
+    if (!turnRunning) return Promise.resolve();
+    return new Promise((resolve) => { turnWaiters.push(resolve); setTimeout(resolve, 3000); });
+  }
+
+  // ---- microphone: MediaRecorder chunks streamed while the button is held ----------
+  let micStream = null;
+  let recorder = null;
+  let holding = false;
+
+  function recorderFormat() {
+    const options = [["audio/webm;codecs=opus", "webm"], ["audio/webm", "webm"], ["audio/ogg;codecs=opus", "ogg"],
+      ["audio/mp4", "auto"]];
+    for (const [mimeType, format] of options) {
+      if (window.MediaRecorder && MediaRecorder.isTypeSupported(mimeType)) return { mimeType, format };
+    }
+    return { mimeType: "", format: "auto" };
+  }
+
+  async function startTalking() {
+    if (holding) return;
+    holding = true;
+    clearError();
+    player.unlock();
+    const wasAnswering = player.playing || turnRunning;
+    interruptAnswer(); // stop local playback at once; the server ends the turn on its side
+    try {
+      if (!window.MediaRecorder || !navigator.mediaDevices) throw new Error("This browser cannot record audio here "
+        + "(it needs HTTPS or localhost, and MediaRecorder).");
+      if (!micStream) {
+        micStream = await navigator.mediaDevices.getUserMedia({
+          audio: { echoCancellation: true, noiseSuppression: true, channelCount: 1 } });
+      }
+      await ensureStarted();
+    } catch (err) {
+      holding = false;
+      const denied = err && (err.name === "NotAllowedError" || err.name === "SecurityError");
+      showError(denied ? "Microphone access was denied. Allow it in the browser to talk." : err.message);
+      return;
+    }
+    if (!holding) return; // released before the microphone was ready
+    const { mimeType } = recorderFormat();
+    recorder = new MediaRecorder(micStream, mimeType ? { mimeType } : undefined);
+    recorder.ondataavailable = (e) => {
+      if (e.data && e.data.size && ws && ws.readyState === WebSocket.OPEN) ws.send(e.data);
+    };
+    const stopped = recorder;
+    recorder.onstop = () => {
+      // After the last dataavailable: the utterance is complete.
+      if (ws && ws.readyState === WebSocket.OPEN) send({ type: "end_of_audio", traceparent: traceparent() });
+      if (stopped === recorder) recorder = null;
+    };
+    recorder.start(250);
+    if (wasAnswering || !currentTurn()) newTurn("…");
+    setState("listening");
+  }
+
+  function stopTalking() {
+    if (!holding) return;
+    holding = false;
+    if (recorder && recorder.state !== "inactive") {
+      recorder.stop();
+      setState("thinking");
+    }
+  }
+
+  async function sendText(text) {
+    clearError();
+    player.unlock();
+    await interruptAnswer();
+    try {
+      await ensureStarted();
+    } catch (err) {
+      showError(err.message);
+      return;
+    }
+    newTurn(text);
+    send({ type: "text", text, traceparent: traceparent() });
+    setState("thinking");
+  }
+
+  // ---- conversations -----------------------------------------------------------------
+  function setConversation(id) {
+    vb.conversationId = id;
+    if (id) localStorage.setItem(CONVERSATION_KEY, id); else localStorage.removeItem(CONVERSATION_KEY);
+    document.querySelectorAll(".conversations li").forEach((li) => li.classList.toggle("current", li.dataset.id === id));
+  }
+
+  const relative = (iso) => {
+    if (!iso) return "";
+    const s = (Date.now() - Date.parse(iso)) / 1000;
+    if (s < 60) return "just now";
+    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+    return new Date(iso).toLocaleDateString();
+  };
+
+  async function refreshConversations() {
+    let data;
+    try { data = await api("/api/conversations?page_size=50"); } catch (err) {
+      if (err.status !== 401) console.warn("conversations:", err.message);
+      return;
+    }
+    const list = $("conversations");
+    list.textContent = "";
+    for (const c of data.conversations) {
+      const li = document.createElement("li");
+      li.dataset.id = c.conversation_id;
+      li.dataset.testid = "conversation";
+      li.classList.toggle("current", c.conversation_id === vb.conversationId);
+      const open = document.createElement("button");
+      open.className = "conversation-open";
+      open.type = "button";
+      const title = document.createElement("span");
+      title.className = "conversation-title";
+      title.textContent = c.title || "New conversation";
+      const meta = document.createElement("span");
+      meta.className = "conversation-meta";
+      meta.textContent = `${c.turn_count} turn${c.turn_count === 1 ? "" : "s"} · ${relative(c.updated_at)}`;
+      open.append(title, meta);
+      open.onclick = () => openConversation(c.conversation_id);
+      const del = document.createElement("button");
+      del.className = "conversation-delete";
+      del.type = "button";
+      del.title = "Delete";
+      del.setAttribute("aria-label", "Delete conversation");
+      del.textContent = "×";
+      del.onclick = () => deleteConversation(c.conversation_id);
+      li.append(open, del);
+      list.append(li);
+    }
+    $("empty-list").hidden = data.conversations.length > 0;
+    const current = data.conversations.find((c) => c.conversation_id === vb.conversationId);
+    if (current) $("title").textContent = current.title || "New conversation";
+  }
+
+  async function openConversation(id) {
+    closeDrawer();
+    await interruptAnswer();
+    let conversation;
+    try { conversation = await api(`/api/conversations/${encodeURIComponent(id)}`); } catch (err) {
+      if (err.status === 404) { setConversation(null); refreshConversations(); }
+      showError(err.message);
+      return;
+    }
+    setConversation(id);
+    $("title").textContent = conversation.title || "New conversation";
+    renderStoredTurns(conversation);
+    restartStream();
+    scrollDown();
+  }
+
+  async function deleteConversation(id) {
+    try { await api(`/api/conversations/${encodeURIComponent(id)}`, { method: "DELETE" }); } catch (err) {
+      showError(err.message);
+      return;
+    }
+    if (id === vb.conversationId) newConversation();
+    refreshConversations();
+  }
+
+  async function newConversation() {
+    closeDrawer();
+    await interruptAnswer();
+    setConversation(null);
+    renderStoredTurns({ turns: [] });
+    $("title").textContent = "New conversation";
+    restartStream();
+  }
+
+  // The next talk/text sends a fresh `start` (with the chosen conversation, if any).
+  function restartStream() { started = false; mutedTurns = new Set(); }
+
+  // ---- token -----------------------------------------------------------------------
+  function askForToken(reason) {
+    const dialog = $("token-dialog");
+    $("token-reason").textContent = `${reason} It stays in this browser only.`;
+    $("token-input").value = token();
+    if (!dialog.open) dialog.showModal();
+  }
+
+  $("token-form").addEventListener("submit", () => {
+    localStorage.setItem(TOKEN_KEY, $("token-input").value.trim());
+    reconnect();
+  });
+  $("token-clear").onclick = () => { localStorage.removeItem(TOKEN_KEY); $("token-dialog").close(); reconnect(); };
+  $("token-button").onclick = () => askForToken("Paste the gateway's access token, if it has one.");
+
+  function reconnect() {
+    if (ws) { ws.onclose = null; ws.close(); ws = null; }
+    connect();
+    refreshConversations();
+  }
+
+  // ---- wiring ------------------------------------------------------------------------
+  const talk = $("talk");
+  talk.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0) return;
+    talk.setPointerCapture(e.pointerId);
+    startTalking();
+  });
+  for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) talk.addEventListener(type, stopTalking);
+  talk.addEventListener("contextmenu", (e) => e.preventDefault());
+
+  const typing = (target) => target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA");
+  document.addEventListener("keydown", (e) => {
+    if (e.code !== "Space" || typing(e.target) || $("token-dialog").open) return;
+    e.preventDefault();
+    if (!e.repeat) startTalking();
+  });
+  document.addEventListener("keyup", (e) => {
+    if (e.code !== "Space" || typing(e.target)) return;
+    e.preventDefault();
+    stopTalking();
+  });
+
+  $("text-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("text-input").value.trim();
+    if (!text) return;
+    $("text-input").value = "";
+    sendText(text);
+  });
+
+  $("new-conversation").onclick = newConversation;
+  $("error-close").onclick = clearError;
+  const closeDrawer = () => $("app").classList.remove("drawer-open");
+  $("menu-button").onclick = () => $("app").classList.add("drawer-open");
+  $("scrim").onclick = closeDrawer;
+
+  // ---- start -------------------------------------------------------------------------
+  setState("connecting");
+  connect();
+  refreshConversations();
+  const remembered = localStorage.getItem(CONVERSATION_KEY);
+  if (remembered) openConversation(remembered);
+})();

@@ -1,0 +1,261 @@
+"""`WS /ws`: a browser's WebSocket bridged to one `Assistant.Converse` stream at a time.
+
+In: binary frames are audio; text frames are JSON control messages (`start`,
+`end_of_audio`, `text`, `interrupt`). Out: JSON events as the orchestrator sends them;
+each audio chunk is a JSON `audio` header followed at once by one binary frame with its
+bytes (PCM16 by default, which the page schedules with Web Audio as it arrives).
+The WebSocket outlives streams: a new `start` (another conversation) replaces the
+stream, and audio after a stream ended (e.g. the orchestrator restarted) opens a new
+one on the same conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import grpc
+from fastapi import WebSocket, WebSocketDisconnect
+from opentelemetry import context as otel_context
+
+from voicebus.telemetry import extract_context
+from voicebus.v1 import assistant_pb2, audio_pb2
+from web_gateway.convert import STAGES, degraded_json, input_format, output_format, turn_json
+from web_gateway.errors import CODE_NAMES, GRPC_TO_HTTP, ApiError, from_grpc
+from web_gateway.observability import GatewayMetrics
+from web_gateway.security import chosen_subprotocol, websocket_authorized
+
+log = logging.getLogger(__name__)
+CLOSE_UNAUTHORIZED = 4401
+
+
+def _error_event(code: str, status: int, message: str, fatal: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "status": status, "message": message, "fatal": fatal, **extra}
+
+
+class ConverseBridge:
+    def __init__(self, websocket: WebSocket, stub: Any, metrics: GatewayMetrics) -> None:
+        self.ws, self.stub, self.metrics = websocket, stub, metrics
+        self.send_lock = asyncio.Lock()
+        self.config = assistant_pb2.ConverseConfig(interim_results=True, options=assistant_pb2.TurnOptions(
+            synthesize_audio=True, output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16)))
+        self.traceparent = ""
+        self.queue: asyncio.Queue[assistant_pb2.ConverseRequest | None] | None = None
+        self.call: Any = None
+        self.reader: asyncio.Task[None] | None = None
+        self.turn_clock: float | None = None  # when the user finished (end_of_audio / text)
+        self.first_audio_seen: set[str] = set()
+
+    # ---- WebSocket side -------------------------------------------------------------
+    async def send_json(self, event: dict[str, Any], data: bytes | None = None) -> None:
+        async with self.send_lock:  # an audio header and its bytes must stay adjacent
+            await self.ws.send_text(json.dumps(event, ensure_ascii=False))
+            if data is not None:
+                await self.ws.send_bytes(data)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("bytes") is not None:
+                    await self.on_audio(message["bytes"])
+                elif message.get("text") is not None:
+                    await self.on_control(message["text"])
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await self.close_stream(cancel=True)
+
+    async def on_audio(self, data: bytes) -> None:
+        if not data:
+            return
+        await self.ensure_stream()
+        await self.put(assistant_pb2.ConverseRequest(audio=data))
+
+    async def on_control(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+            kind = message.get("type") if isinstance(message, dict) else None
+        except json.JSONDecodeError:
+            await self.send_json(_error_event("invalid_json", 400, "control messages must be JSON objects"))
+            return
+        if kind == "start":
+            await self.on_start(message)
+        elif kind == "end_of_audio":
+            self.turn_clock = time.perf_counter()
+            if self.call is not None:
+                await self.put(assistant_pb2.ConverseRequest(end_of_audio=assistant_pb2.EndOfAudio()))
+        elif kind == "interrupt":
+            if self.call is not None:
+                await self.put(assistant_pb2.ConverseRequest(interrupt=assistant_pb2.Interrupt()))
+        elif kind == "text":
+            text = message.get("text")
+            if not isinstance(text, str) or not text.strip():
+                await self.send_json(_error_event("empty_text", 422, "`text` must be a non-empty string"))
+                return
+            self.turn_clock = time.perf_counter()
+            await self.ensure_stream()
+            await self.put(assistant_pb2.ConverseRequest(text=text.strip()))
+        elif kind == "ping":
+            await self.send_json({"type": "pong"})
+        else:
+            await self.send_json(_error_event(
+                "invalid_message", 400, f"unknown message type {kind!r}; expected start, end_of_audio, text, "
+                                        "interrupt or ping"))
+
+    async def on_start(self, message: dict[str, Any]) -> None:
+        try:
+            self.config = self.start_config(message)
+        except (ApiError, TypeError, ValueError) as exc:
+            text = exc.message if isinstance(exc, ApiError) else f"bad start message: {exc}"
+            await self.send_json(_error_event("invalid_start", 422, text))
+            return
+        self.traceparent = str(message.get("traceparent") or "")
+        await self.close_stream(cancel=True)
+        await self.open_stream()
+
+    @staticmethod
+    def start_config(m: dict[str, Any]) -> assistant_pb2.ConverseConfig:
+        return assistant_pb2.ConverseConfig(
+            conversation_id=str(m.get("conversation_id") or ""),
+            input_format=input_format(m.get("format"), m.get("sample_rate")),
+            interim_results=bool(m.get("interim_results", True)),
+            end_of_utterance_silence_ms=int(m.get("end_of_utterance_silence_ms") or 0),
+            options=assistant_pb2.TurnOptions(
+                language_code=str(m.get("language") or ""),
+                output_format=output_format(m.get("output_format"), m.get("output_sample_rate")),
+                synthesize_audio=bool(m.get("synthesize_audio", True)),
+                voice=str(m.get("voice") or ""), tts_engine=str(m.get("tts_engine") or "")))
+
+    # ---- gRPC side ------------------------------------------------------------------
+    async def put(self, request: assistant_pb2.ConverseRequest) -> None:
+        if self.queue is not None:
+            await self.queue.put(request)
+
+    async def ensure_stream(self) -> None:
+        if self.call is None:
+            await self.open_stream()
+
+    async def open_stream(self) -> None:
+        queue: asyncio.Queue[assistant_pb2.ConverseRequest | None] = asyncio.Queue()
+        await queue.put(assistant_pb2.ConverseRequest(config=self.config))
+
+        async def requests() -> Any:
+            while (item := await queue.get()) is not None:
+                yield item
+
+        # The browser's traceparent (from `start`) parents the stream's client span.
+        token = otel_context.attach(extract_context({"traceparent": self.traceparent} if self.traceparent else {}))
+        try:
+            call = self.stub.Converse(requests())
+        finally:
+            otel_context.detach(token)
+        self.queue, self.call = queue, call
+        self.reader = asyncio.create_task(self.forward(call))
+
+    async def close_stream(self, cancel: bool) -> None:
+        call, reader, queue = self.call, self.reader, self.queue
+        self.call = self.reader = self.queue = None
+        if queue is not None:
+            queue.put_nowait(None)
+        if cancel and call is not None:
+            call.cancel()
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def forward(self, call: Any) -> None:
+        try:
+            async for response in call:
+                await self.relay(response)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED and self.call is not call:
+                return  # we cancelled it (a new start, or the socket closed)
+            err = from_grpc(exc)
+            with contextlib.suppress(Exception):
+                await self.send_json(_error_event(err.code, err.status, err.message, fatal=True))
+        except Exception:  # the socket went away while we were sending: nothing to tell
+            log.debug("websocket send failed", exc_info=True)
+        if self.call is call:  # the stream ended by itself: the next audio/text opens another
+            self.call = self.queue = None
+            self.reader = None
+
+    async def relay(self, r: assistant_pb2.ConverseResponse) -> None:
+        kind = r.WhichOneof("event")
+        base: dict[str, Any] = {"type": kind, "conversation_id": r.conversation_id}
+        if r.turn_id:
+            base["turn_id"] = r.turn_id
+        if r.trace_id:
+            base["trace_id"] = r.trace_id
+        data: bytes | None = None
+        if kind == "conversation_opened":
+            self.config.conversation_id = r.conversation_id
+            base.update(created=r.conversation_opened.created, turn_count=r.conversation_opened.turn_count)
+        elif kind == "turn_started":
+            base["input"] = r.turn_started.input
+        elif kind == "transcript":
+            t = r.transcript
+            base.update(text=t.text, final=t.is_final, language=t.language_code, confidence=round(t.confidence, 3))
+        elif kind == "response_delta":
+            base["text"] = r.response_delta.text
+        elif kind == "audio":
+            chunk = r.audio.chunk
+            encoding = audio_pb2.AudioEncoding.Name(chunk.format.encoding).removeprefix("AUDIO_ENCODING_").lower()
+            base.update(sequence=chunk.sequence, sentence_index=r.audio.sentence_index, text=r.audio.text,
+                        encoding=encoding, sample_rate=chunk.format.sample_rate_hz,
+                        channels=chunk.format.channels or 1, duration=round(chunk.duration_seconds, 4),
+                        bytes=len(chunk.data))
+            data = chunk.data
+            self._first_audio(r.turn_id)
+        elif kind == "degraded":
+            base.update(degraded_json(r.degraded))
+        elif kind in ("turn_completed", "turn_interrupted"):
+            completed = getattr(r, kind).turn
+            base["turn"] = turn_json(completed)
+            self.metrics.turns.labels("ws", base["turn"]["outcome"]).inc()
+        elif kind == "turn_failed":
+            base.update(turn=turn_json(r.turn_failed.turn), stage=STAGES.get(r.turn_failed.stage, "unspecified"),
+                        message=r.turn_failed.message)
+            self.metrics.turns.labels("ws", "failed").inc()
+        elif kind == "error":
+            e = r.error
+            status_code = CODE_NAMES.get(e.code, grpc.StatusCode.UNKNOWN)
+            http_status, code = GRPC_TO_HTTP.get(status_code, (502, "upstream_error"))
+            base.update(code=code, status=http_status, message=e.message, stage=STAGES.get(e.stage, "unspecified"),
+                        retryable=e.retryable, fatal=False)
+        await self.send_json(base, data)
+
+    def _first_audio(self, turn_id: str) -> None:
+        if turn_id in self.first_audio_seen:
+            return
+        self.first_audio_seen.add(turn_id)
+        if self.turn_clock is not None:
+            self.metrics.ws_first_audio.observe(time.perf_counter() - self.turn_clock)
+            self.turn_clock = None
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    app = websocket.app
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket),
+                           headers=[(b"x-request-id", websocket.scope["state"]["request_id"].encode())])
+    if not websocket_authorized(websocket):
+        # Accept first, then close with a reason: a browser cannot read a refused handshake.
+        await websocket.send_text(json.dumps(_error_event(
+            "unauthenticated", 401, "missing or invalid token: connect with ?token=<VOICEBUS_AUTH_TOKEN>, "
+                                    "a 'bearer.<token>' subprotocol or an Authorization header", fatal=True)))
+        await websocket.close(CLOSE_UNAUTHORIZED, "unauthenticated")
+        return
+    app.state.metrics.ws_open.inc()
+    try:
+        await ConverseBridge(websocket, app.state.stub, app.state.metrics).run()
+    finally:
+        app.state.metrics.ws_open.dec()
