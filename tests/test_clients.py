@@ -1,0 +1,232 @@
+"""The command-line clients against the real stack: `voicebus talk` (Python, Converse) and
+`clients/node/talk.js` (Node.js, ProcessTurn, protos loaded at run time).
+
+One stack for the module, started the way a user starts it (`voicebus up`, free ports,
+a token), with the tiny SmolLM2 model so that answers come quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from helpers import OUTPUT, ROOT, espeak_wav, free_port, word_error_rate, words
+from voicebus.audio import decode_container
+from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
+
+TOKEN = "clients-token-456"
+# Whisper tiny.en hears this espeak-ng sentence exactly, through ProcessTurn and Converse alike.
+QUESTION = "How far away is the moon?"
+NODE_CLIENT = ROOT / "clients" / "node" / "talk.js"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    ports = {name: free_port() for name in ("nats", "stt", "llm", "tts", "orchestrator", "gateway")}
+    env = {
+        **os.environ,
+        "VOICEBUS_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
+        "VOICEBUS_STT_ADDR": f"127.0.0.1:{ports['stt']}",
+        "VOICEBUS_LLM_ADDR": f"127.0.0.1:{ports['llm']}",
+        "VOICEBUS_TTS_ADDR": f"127.0.0.1:{ports['tts']}",
+        "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{ports['orchestrator']}",
+        "VOICEBUS_GATEWAY_ADDR": f"127.0.0.1:{ports['gateway']}",
+        "VOICEBUS_DATA_DIR": str(tmp_path_factory.mktemp("clients-data")),
+        "VOICEBUS_AUTH_TOKEN": TOKEN,
+        "VOICEBUS_LLM_LOCAL_MODEL": "smollm2-135m",
+        "GROQ_API_KEY": "",
+    }
+    OUTPUT.mkdir(exist_ok=True)
+    log_path = OUTPUT / "voicebus-up-clients.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "voicebus.cli", "up"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while b"voicebus: ready" not in log_path.read_bytes():
+        if proc.poll() is not None:
+            pytest.fail(f"voicebus up exited early ({proc.returncode}); see {log_path}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"stack not ready in 300 s; see {log_path}")
+        time.sleep(0.5)
+    yield {"addr": env["VOICEBUS_ORCHESTRATOR_ADDR"], "env": env}
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+
+
+@pytest.fixture(scope="module")
+def question_wav(tmp_path_factory) -> Path:
+    return espeak_wav(QUESTION, tmp_path_factory.mktemp("audio") / "question.wav", speed=130)
+
+
+def conversation(stack, conversation_id: str) -> assistant_pb2.Conversation:
+    with grpc.insecure_channel(stack["addr"]) as channel:
+        reply = assistant_pb2_grpc.AssistantStub(channel).GetConversation(
+            assistant_pb2.GetConversationRequest(conversation_id=conversation_id),
+            metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=10)
+    return reply.conversation
+
+
+def printed(stdout: str) -> dict[str, str]:
+    """The client's `label: value` lines (the first of each label)."""
+    lines: dict[str, str] = {}
+    for line in stdout.splitlines():
+        label, sep, value = line.partition(": ")
+        if sep:
+            lines.setdefault(label, value.strip())
+    return lines
+
+
+def assert_speech_wav(path: Path) -> None:
+    with wave.open(str(path)) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        assert 8_000 <= w.getframerate() <= 48_000
+        assert w.getnframes() / w.getframerate() > 0.3
+    samples = decode_container(path.read_bytes())
+    assert float(np.sqrt(np.mean(samples ** 2))) > 0.01, "the answer is silent"
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], prefix: str, *needles: str) -> None:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("usage:")), result.stderr
+    assert lines[0].startswith(prefix), result.stderr
+    for needle in needles:
+        assert needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "    at " not in result.stderr
+
+
+# --- Node.js ---------------------------------------------------------------------------------
+
+def node(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    assert shutil.which("node"), "node is not installed (scripts/setup.sh --test installs it)"
+    assert (NODE_CLIENT.parent / "node_modules" / "@grpc" / "grpc-js").is_dir(), \
+        "run scripts/setup.sh --test (npm ci in clients/node)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VOICEBUS_")}
+    return subprocess.run(["node", str(NODE_CLIENT), *args], cwd=ROOT, env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_node_client_sends_a_wav_and_saves_the_spoken_answer(stack, question_wav, tmp_path):
+    out = tmp_path / "answer.wav"
+    result = node("--audio", str(question_wav), "--addr", stack["addr"], "--token", TOKEN, "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = printed(result.stdout)
+    assert {"far", "moon"} <= set(words(shown["you"])), shown
+    assert word_error_rate(QUESTION, shown["you"]) <= 0.34, shown["you"]
+    assert shown["assistant"], result.stdout
+    assert_speech_wav(out)
+    stored = conversation(stack, shown["conversation"])
+    assert stored.turn_count == 1
+    assert stored.turns[0].user_text == shown["you"] and stored.turns[0].assistant_text.strip() == shown["assistant"]
+
+
+def test_node_client_reads_address_and_token_from_the_environment(stack, tmp_path):
+    out = tmp_path / "typed.wav"
+    result = node("--text", "Say hello.", "--out", str(out),
+                  env={"VOICEBUS_ORCHESTRATOR_ADDR": stack["addr"], "VOICEBUS_AUTH_TOKEN": TOKEN})
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = printed(result.stdout)
+    assert shown["you"] == "Say hello." and shown["assistant"]
+    assert_speech_wav(out)
+
+
+def test_node_client_wrong_token_is_one_clear_line(stack, question_wav, tmp_path):
+    result = node("--audio", str(question_wav), "--addr", stack["addr"], "--token", "wrong",
+                  "--out", str(tmp_path / "x.wav"))
+    assert_one_line_error(result, "talk.js: UNAUTHENTICATED")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_node_client_audio_the_server_cannot_decode(stack, tmp_path):
+    """Looks like a WAV to the client, is not one: the server's INVALID_ARGUMENT, in one line."""
+    fake = tmp_path / "broken.wav"
+    fake.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + os.urandom(2000))
+    result = node("--audio", str(fake), "--addr", stack["addr"], "--token", TOKEN, "--out", str(tmp_path / "x.wav"))
+    assert_one_line_error(result, "talk.js: INVALID_ARGUMENT")
+
+
+def test_node_client_bad_input_files(tmp_path):
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("this is text, not sound\n")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    addr = f"127.0.0.1:{free_port()}"  # nothing listens: the file is refused before any call
+    assert_one_line_error(node("--audio", str(tmp_path / "missing.wav"), "--addr", addr), "talk.js: no such file")
+    assert_one_line_error(node("--audio", str(not_audio), "--addr", addr), "talk.js:", "not an audio file")
+    assert_one_line_error(node("--audio", str(empty), "--addr", addr), "talk.js:", "is empty")
+    assert_one_line_error(node("--addr", addr), "talk.js:", "--audio FILE or --text TEXT")
+    assert_one_line_error(node("--text", "hi", "--addr", addr), "talk.js: UNAVAILABLE", addr)
+
+
+# --- voicebus talk ---------------------------------------------------------------------------
+
+def talk(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "voicebus.cli", "talk", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def fake_player_env(stack, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A stand-in `aplay` first on PATH (no sound card here) that keeps the file it is given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kept = tmp_path / "played.wav"
+    player = bin_dir / "aplay"
+    player.write_text(f'#!/bin/sh\nfor last; do :; done\ncp "$last" "{kept}"\n')
+    player.chmod(player.stat().st_mode | stat.S_IEXEC)
+    return {**stack["env"], "PATH": f"{bin_dir}:{os.environ['PATH']}"}, kept
+
+
+def test_talk_audio_then_text_in_the_same_conversation(stack, question_wav, tmp_path):
+    out = tmp_path / "answer.wav"
+    first = talk("--audio", str(question_wav), "--out", str(out), env=stack["env"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    shown = printed(first.stdout)
+    assert {"far", "moon"} <= set(words(shown["you"])), shown
+    assert shown["assistant"] and shown["audio"] == str(out)
+    assert_speech_wav(out)
+    conversation_id = shown["conversation"]
+
+    env, played = fake_player_env(stack, tmp_path)
+    second = talk("--text", "And how far is the sun?", "--conversation", conversation_id, "--play", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert printed(second.stdout)["conversation"] == conversation_id
+    assert_speech_wav(played)
+
+    stored = conversation(stack, conversation_id)
+    assert [t.user_text for t in stored.turns] == [shown["you"], "And how far is the sun?"]
+    assert stored.turns[0].assistant_text.strip() == shown["assistant"]
+
+
+def test_talk_unknown_conversation(stack):
+    result = talk("--text", "hello", "--conversation", "no-such-conversation", "--out", "/dev/null", env=stack["env"])
+    assert_one_line_error(result, "voicebus talk: NOT_FOUND")
+
+
+def test_talk_wrong_token(stack):
+    env = {**stack["env"], "VOICEBUS_AUTH_TOKEN": "wrong"}
+    assert_one_line_error(talk("--text", "hello", "--out", "/dev/null", env=env), "voicebus talk: UNAUTHENTICATED")
+
+
+def test_talk_bad_input(tmp_path):
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("this is text, not sound\n")
+    env = {**os.environ, "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}"}
+    assert_one_line_error(talk("--audio", str(tmp_path / "missing.wav"), env=env), "voicebus talk: no such file")
+    assert_one_line_error(talk("--audio", str(not_audio), env=env), "voicebus talk:", "not usable audio")
+    assert_one_line_error(talk("--audio", str(tmp_path), env=env), "voicebus talk:", "not a file")
+    unreachable = talk("--text", "hello", "--out", str(tmp_path / "x.wav"), env=env)
+    assert_one_line_error(unreachable, "voicebus talk: UNAVAILABLE", env["VOICEBUS_ORCHESTRATOR_ADDR"])
+    both = talk("--text", "hi", "--audio", str(not_audio), env=env)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
