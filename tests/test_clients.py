@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from helpers import OUTPUT, ROOT, espeak_wav, free_port, word_error_rate, words
-from voicebus.audio import decode_container
+from voicebus.audio import decode_container, wav_bytes
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
 
 TOKEN = "clients-token-456"
@@ -230,3 +230,20 @@ def test_talk_bad_input(tmp_path):
     assert_one_line_error(unreachable, "voicebus talk: UNAVAILABLE", env["VOICEBUS_ORCHESTRATOR_ADDR"])
     both = talk("--text", "hi", "--audio", str(not_audio), env=env)
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+# --- both -------------------------------------------------------------------------------------
+
+def test_silence_is_answered_with_please_repeat_by_both_clients(stack, tmp_path):
+    """No speech: no LLM call, a spoken "please say that again", outcome no_speech, exit 0."""
+    silence = tmp_path / "silence.wav"
+    silence.write_bytes(wav_bytes(b"\x00\x00" * 16_000 * 2, 16_000))
+    for result, out in ((node("--audio", str(silence), "--addr", stack["addr"], "--token", TOKEN,
+                              "--out", str(tmp_path / "node.wav")), tmp_path / "node.wav"),
+                        (talk("--audio", str(silence), "--out", str(tmp_path / "py.wav"), env=stack["env"]),
+                         tmp_path / "py.wav")):
+        assert result.returncode == 0, result.stdout + result.stderr
+        shown = printed(result.stdout)
+        assert shown["you"] == "(nothing heard)" and shown["outcome"] == "no_speech", result.stdout
+        assert shown["assistant"]
+        assert_speech_wav(out)

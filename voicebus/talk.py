@@ -106,7 +106,7 @@ async def converse(args: argparse.Namespace, settings: CommonSettings, audio: by
             kind = event.WhichOneof("event")
             if kind == "transcript" and event.transcript.is_final:
                 result.transcript = event.transcript.text
-                show(f"you: {result.transcript}")
+                show(f"you: {result.transcript or '(nothing heard)'}")
             elif kind == "response_delta":
                 if not answering:
                     show("assistant: ", end="")

@@ -154,10 +154,10 @@ async function main() {
     client.close();
   }
   const turn = reply.turn || {};
-  console.log(`you: ${turn.user_text}`);
+  console.log(`you: ${turn.user_text || "(nothing heard)"}`);
   console.log(`assistant: ${turn.assistant_text}`);
   if (turn.outcome && turn.outcome !== "TURN_OUTCOME_COMPLETED") {
-    console.log(`outcome: ${turn.outcome.replace("TURN_OUTCOME_", "")}${turn.error_message ? ` (${turn.error_message})` : ""}`);
+    console.log(`outcome: ${turn.outcome.replace("TURN_OUTCOME_", "").toLowerCase()}${turn.error_message ? ` (${turn.error_message})` : ""}`);
   }
   for (const degraded of reply.degraded || []) console.log(`degraded: ${degraded.message}`);
   console.log(`conversation: ${turn.conversation_id}`);
