@@ -247,3 +247,6 @@ def test_silence_is_answered_with_please_repeat_by_both_clients(stack, tmp_path)
         assert shown["you"] == "(nothing heard)" and shown["outcome"] == "no_speech", result.stdout
         assert shown["assistant"]
         assert_speech_wav(out)
+    # --play where no player is installed: the answer was given, the missing player is one line.
+    bare = {**stack["env"], "PATH": str(tmp_path / "no-such-bin")}
+    assert_one_line_error(talk("--audio", str(silence), "--play", env=bare), "voicebus talk: no audio player found")

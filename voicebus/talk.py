@@ -145,12 +145,15 @@ def answer_wav(chunks: list[audio_pb2.AudioChunk]) -> bytes:
     return wav_bytes(float_to_pcm16(np.concatenate(samples)), rate)
 
 
-def play(path: Path) -> str:
+def play(path: Path) -> None:
     for player in PLAYERS:
         if shutil.which(player[0]):
-            subprocess.run([*player, str(path)], check=False)
-            return player[0]
-    return ""
+            done = subprocess.run([*player, str(path)], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise TalkError(f"{player[0]} could not play the answer: {last}")
+            return
+    raise TalkError("no audio player found (aplay, paplay, ffplay or sox's play); use --out FILE")
 
 
 def report(args: argparse.Namespace, result: TurnResult) -> int:
@@ -170,12 +173,14 @@ def report(args: argparse.Namespace, result: TurnResult) -> int:
     if result.audio:
         wav = answer_wav(result.audio)
         out = args.out or (None if args.play else Path("answer.wav"))
-        target = out or Path(tempfile.mkdtemp(prefix="voicebus-talk-")) / "answer.wav"
-        target.write_bytes(wav)
         if out:
+            out.write_bytes(wav)
             show(f"audio: {out}")
-        if args.play and not play(target):
-            print("voicebus talk: no audio player found (aplay, paplay, ffplay or sox's play)", file=sys.stderr)
+        if args.play:
+            with tempfile.TemporaryDirectory(prefix="voicebus-talk-") as folder:
+                target = out or Path(folder) / "answer.wav"
+                target.write_bytes(wav)
+                play(target)
     elif turn is not None:
         show("audio: none (the answer has no speech)")
     return 0 if outcome in ("TURN_OUTCOME_COMPLETED", "TURN_OUTCOME_NO_SPEECH") and not result.error else 1
