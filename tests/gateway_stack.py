@@ -64,14 +64,8 @@ def start_gateway(env: dict[str, str], name: str = "gateway") -> tuple[ServicePr
     return proc, base
 
 
-_shared: GatewayStack | None = None
-
-
-def shared_stack(nats_url: str, config) -> GatewayStack:  # noqa: ANN001 - pytest.Config
-    """Start the stack once; pytest stops it when the run ends."""
-    global _shared
-    if _shared is not None:
-        return _shared
+def start_stack(nats_url: str, cleanup: list) -> GatewayStack:  # noqa: ANN001
+    """STT, LLM, TTS, orchestrator and the gateway; `cleanup` receives the stop function first."""
     ports = {name: free_port() for name in ("stt", "llm", "tts", "orchestrator")}
     env = {
         "VOICEBUS_NATS_URL": nats_url, "VOICEBUS_DATA_DIR": tempfile.mkdtemp(prefix="voicebus-gw-"),
@@ -84,12 +78,27 @@ def shared_stack(nats_url: str, config) -> GatewayStack:  # noqa: ANN001 - pytes
              for name in ("stt", "llm", "tts")}
     procs["orchestrator"] = ServiceProcess("orchestrator", env["VOICEBUS_ORCHESTRATOR_ADDR"], env, name="gw-orch")
     stack = GatewayStack(base="", env=env, procs=procs)
-    config.add_cleanup(stack.stop)
+    cleanup.append(stack.stop)
     for proc in procs.values():
         proc.wait_healthy()
     procs["gateway"], stack.base = start_gateway(env)
-    _shared = stack
     return stack
+
+
+_shared: GatewayStack | None = None
+
+
+def shared_stack(nats_url: str, config) -> GatewayStack:  # noqa: ANN001 - pytest.Config
+    """Start the stack once per pytest process; pytest stops it when the run ends."""
+    global _shared
+    if _shared is None:
+        stops: list = []
+        try:
+            _shared = start_stack(nats_url, stops)
+        finally:
+            for stop in stops:
+                config.add_cleanup(stop)
+    return _shared
 
 
 def speech_wav(text: str, path: Path, lead_silence: float = 0.0, tail_silence: float = 0.0) -> Path:

@@ -85,7 +85,7 @@ async def test_push_to_talk_shows_transcript_answer_and_plays_audio(stack, brows
     await page.wait_for_function("() => window.voicebus.state === 'idle'", timeout=15_000)
     await hold_talk(page, speech_seconds(mic_wav) + 0.6)
     try:
-        await page.wait_for_function("() => window.voicebus.turnsCompleted >= 1", timeout=120_000)
+        await page.wait_for_function("() => window.voicebus.turnsFinished >= 1", timeout=120_000)
         await page.wait_for_function("() => window.voicebus.chunksPlayed > 0", timeout=60_000)
     finally:
         await page.screenshot(path=str(output_dir("browser") / "push-to-talk.png"))
@@ -126,6 +126,7 @@ async def test_push_to_talk_shows_transcript_answer_and_plays_audio(stack, brows
 
     # The same page on a phone-sized screen.
     await page.set_viewport_size({"width": 390, "height": 844})
+    await asyncio.sleep(0.5)  # let the drawer's slide-out transition finish
     await page.screenshot(path=str(output_dir("browser") / "phone.png"))
     assert not (await state(page))["errors"], (await state(page))["errors"]
     await page.context.close()

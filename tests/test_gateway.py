@@ -13,6 +13,7 @@ import wave
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -168,6 +169,10 @@ def test_token_required_except_page_and_probes(client, headers):
     for method, path in (("GET", "/api/conversations"), ("POST", "/api/chat"), ("POST", "/api/process_audio"),
                          ("GET", "/api/conversations/x"), ("DELETE", "/api/conversations/x"), ("GET", "/metrics")):
         assert_error(client.request(method, path, headers=headers, json={"text": "hi"}), 401, "unauthenticated")
+    # Refused before the body is looked at: bad JSON or a huge upload without a token is a 401.
+    assert_error(client.post("/api/chat", headers={**headers, "Content-Type": "application/json"}, content=b"{"),
+                 401, "unauthenticated")
+    assert_error(client.post("/api/process_audio", headers=headers, content=OVERSIZE), 401, "unauthenticated")
     for path in ("/", "/static/app.js", "/static/style.css", "/healthz", "/docs", "/openapi.json"):
         assert client.get(path).status_code == 200, path
     assert client.get("/readyz").status_code in (200, 503)
@@ -216,9 +221,16 @@ def test_request_ids_cors_and_docs(client):
 
 
 def test_metrics_count_turns_and_latency(client):
-    text = client.get("/metrics", headers=AUTH).text
-    assert re.search(r'voicebus_gateway_turns_total\{route="process_audio",outcome="completed"\} [1-9]', text), text
-    assert 'voicebus_gateway_http_request_seconds_count{method="POST",route="/api/chat",status="200"}' in text
+    assert client.post("/api/chat", headers=AUTH, json={"text": "Hi.", "synthesize_audio": False}).status_code == 200
+    assert client.post("/api/chat", headers={**AUTH, "Content-Type": "application/json"}, content=b"{").status_code == 400
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(client.get("/metrics", headers=AUTH).text)
+               for s in family.samples}
+    assert samples[("voicebus_gateway_turns_total", (("outcome", "completed"), ("route", "chat")))] >= 1
+    assert samples[("voicebus_gateway_http_request_seconds_count",
+                    (("method", "POST"), ("route", "/api/chat"), ("status", "200")))] >= 1
+    assert samples[("voicebus_gateway_http_request_seconds_count",
+                    (("method", "POST"), ("route", "/api/chat"), ("status", "400")))] >= 1
 
 
 # ---- WebSocket ------------------------------------------------------------------------------

@@ -23,12 +23,13 @@ from web_gateway.errors import install_error_handlers
 from web_gateway.health import readiness
 from web_gateway.limits import BodyLimitMiddleware
 from web_gateway.observability import GatewayMetrics, RequestContextMiddleware
-from web_gateway.security import bearer_scheme, require_token
+from web_gateway.security import BearerAuthMiddleware, bearer_scheme
 from web_gateway.settings import GatewaySettings
 from web_gateway.ws import websocket_endpoint
 
 STATIC = Path(__file__).resolve().parent / "static"
-PROTECTED = [Depends(bearer_scheme), Depends(require_token)]
+# Declares the bearer scheme in OpenAPI; BearerAuthMiddleware enforces it.
+PROTECTED = [Depends(bearer_scheme)]
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -48,8 +49,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.metrics = metrics = GatewayMetrics()
     install_error_handlers(app)
 
-    # Outermost last: request id + trace wrap everything, including CORS and the size guard.
+    # Added innermost first. Request id + trace wrap everything; CORS answers preflights
+    # before auth; auth refuses before the size guard reads anything.
     app.add_middleware(BodyLimitMiddleware, limit_bytes=settings.max_upload_bytes() * 4 // 3 + 65_536)
+    if token := settings.token():
+        app.add_middleware(BearerAuthMiddleware, token=token)
     if origins := settings.cors_origin_list():
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
                            expose_headers=["X-Request-ID", "X-Trace-Id"], allow_credentials="*" not in origins)

@@ -8,12 +8,14 @@ set headers on a WebSocket).
 from __future__ import annotations
 
 import hmac
+import json
 
-from fastapi import Request, WebSocket
+from fastapi import WebSocket
 from fastapi.security import HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from voicebus.auth import bearer_matches
-from web_gateway.errors import ApiError
+from web_gateway.errors import error_body
 
 # Declares the scheme in OpenAPI so that /docs has an "Authorize" button.
 bearer_scheme = HTTPBearer(auto_error=False, description="VOICEBUS_AUTH_TOKEN, when the gateway has one.")
@@ -21,19 +23,32 @@ WS_PROTOCOL = "voicebus.v1"
 BEARER_PROTOCOL_PREFIX = "bearer."
 
 
-def _token(request: Request | WebSocket) -> str | None:
-    return request.app.state.settings.token()
+class BearerAuthMiddleware:
+    """401 JSON for the API and /metrics without the token, before any body is read (so an
+    unauthenticated client learns nothing about its input, and uploads nothing big).
+    The page, its static files, /docs and the health probes stay open."""
 
+    PROTECTED = ("/api/", "/metrics")
 
-async def require_token(request: Request) -> None:
-    """FastAPI dependency: 401 JSON unless the request carries the token."""
-    token = _token(request)
-    if token is None:
-        return
-    header = request.headers.get("authorization")
-    if not bearer_matches(header, token):
-        reason = "missing bearer token" if not header else "invalid bearer token"
-        raise ApiError(401, "unauthenticated", f"{reason}: send 'Authorization: Bearer <VOICEBUS_AUTH_TOKEN>'")
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.PROTECTED):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers", [])).get(b"authorization")
+        value = header.decode("latin-1") if header else None
+        if bearer_matches(value, self.token):
+            await self.app(scope, receive, send)
+            return
+        reason = "missing bearer token" if not value else "invalid bearer token"
+        body = json.dumps(error_body("unauthenticated", f"{reason}: send 'Authorization: Bearer "
+                                                        "<VOICEBUS_AUTH_TOKEN>'")).encode()
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Bearer realm="voicebus"')]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def offered_subprotocols(websocket: WebSocket) -> list[str]:
@@ -42,7 +57,7 @@ def offered_subprotocols(websocket: WebSocket) -> list[str]:
 
 
 def websocket_authorized(websocket: WebSocket) -> bool:
-    token = _token(websocket)
+    token = websocket.app.state.settings.token()
     if token is None:
         return True
     if bearer_matches(websocket.headers.get("authorization"), token):

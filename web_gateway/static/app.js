@@ -10,7 +10,7 @@
   // Observable state (tests read it; handy in the console too).
   const vb = window.voicebus = {
     state: "connecting", conversationId: null, lastTranscript: "", lastResponse: "",
-    chunksReceived: 0, chunksScheduled: 0, chunksPlayed: 0, turnsCompleted: 0, interruptions: 0, interruptsSent: 0,
+    chunksReceived: 0, chunksScheduled: 0, chunksPlayed: 0, turnsFinished: 0, interruptions: 0, interruptsSent: 0,
     lastTurn: null, errors: [], events: [],
   };
 
@@ -130,7 +130,11 @@
       ws = null;
       started = false;
       endTurn();
-      if (event.code === 4401) { setState("locked"); askForToken("The gateway refused the access token."); return; }
+      if (event.code === 4401) {
+        setState("locked");
+        askForToken(token() ? "The gateway refused this access token." : "This gateway needs an access token.");
+        return;
+      }
       setState("offline");
       setTimeout(connect, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 8000);
@@ -213,7 +217,7 @@
     turn_interrupted(e) { finishTurn(e, "interrupted"); },
     turn_failed(e) { finishTurn(e, "failed"); note(turnFor(e), e.message); },
     error(e) {
-      showError(e.message);
+      if (e.code !== "unauthenticated") showError(e.message); // the token dialog says it
       if (e.fatal) {
         started = false;
         if (e.code === "not_found") { setConversation(null); }
@@ -307,7 +311,7 @@
     if (record.user_text) vb.lastTranscript = record.user_text;
     if (record.assistant_text) vb.lastResponse = record.assistant_text;
     if (label === "interrupted") vb.interruptions++;
-    else vb.turnsCompleted++;
+    else vb.turnsFinished++;
     endTurn();
     refreshConversations();
   }
