@@ -5,6 +5,13 @@ file. So one child process owns the engine and speaks one sentence at a time, fe
 single-thread queue in the server: concurrent requests never share a buffer. Each
 sentence goes to its own file in a private folder, removed as soon as it is read (and
 the folder on close); a worker that errs or hangs is killed and started afresh.
+
+pyttsx3 2.99's espeak driver runs espeak-ng asynchronously: `runAndWait()` may return
+before the file is written, and it cancels the sentence it starts when espeak-ng was
+busy at an earlier stop (even with a property change: cut or empty audio). So the
+worker waits for espeak-ng to be idle before each sentence, clears that stale stop
+request, and waits for pyttsx3's own "finished-utterance" notification before it reads
+the file (checked over thousands of sentences: no cut or empty audio).
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -31,12 +40,31 @@ START_TIMEOUT_SECONDS = 30.0
 MIN_WPM, MAX_WPM = 80, 450
 
 
-def _worker_main(conn: Connection, work_dir: str) -> None:
+def _worker_main(conn: Connection, work_dir: str, timeout: float) -> None:
     """The child process: owns pyttsx3, answers (job, text, voice, wpm) with PCM16 bytes."""
     sys.stdout = open(os.devnull, "w")  # pyttsx3 prints "Audio saved to ..." for every file
     import pyttsx3
+    from pyttsx3.drivers import _espeak  # pyttsx3's binding of libespeak-ng
+
+    def wait_until_idle() -> None:
+        deadline = time.monotonic() + timeout
+        while _espeak.IsPlaying():
+            if time.monotonic() > deadline:
+                raise TimeoutError("espeak-ng stayed busy")
+            time.sleep(0.001)
 
     engine = pyttsx3.init("espeak")
+    finished = threading.Event()
+    outcome: dict[str, bool] = {}
+
+    def on_finished(name: object = None, completed: bool = True) -> None:  # espeak's thread
+        outcome["completed"] = completed
+        finished.set()
+
+    engine.connect("finished-utterance", on_finished)
+    driver = engine.proxy._driver
+    engine.runAndWait()  # nothing to say: leaves pyttsx3's command queue idle, not "busy"
+    wait_until_idle()
     voices = [(v.id, [str(c) for c in (v.languages or [])], v.gender or "") for v in engine.getProperty("voices")]
     conn.send(("ready", voices))
     while True:
@@ -49,10 +77,19 @@ def _worker_main(conn: Connection, work_dir: str) -> None:
         job_id, text, voice, wpm = job
         path = os.path.join(work_dir, f"{job_id}.wav")
         try:
+            wait_until_idle()
             engine.setProperty("voice", voice)
             engine.setProperty("rate", wpm)
+            wait_until_idle()  # espeak-ng queues property changes: idle again before the sentence
+            # A stop request pyttsx3 made while espeak-ng was busy earlier would cancel this sentence.
+            driver._stopping = False
+            finished.clear()
             engine.save_to_file(text, path)
             engine.runAndWait()
+            if not finished.wait(timeout):
+                raise TimeoutError("espeak-ng did not finish the sentence")
+            if not outcome.get("completed", False):
+                raise RuntimeError("espeak-ng cancelled the sentence")
             with wave.open(path, "rb") as wav:
                 conn.send(("ok", job_id, wav.readframes(wav.getnframes()), wav.getframerate()))
         except Exception as exc:  # noqa: BLE001 - reported to the server, then this process ends
@@ -89,7 +126,7 @@ class Pyttsx3Engine:
 
     def _start(self) -> list[VoiceInfo]:
         parent_conn, child_conn = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child_conn, str(self.work_dir)),
+        process = self._context.Process(target=_worker_main, args=(child_conn, str(self.work_dir), self.timeout_seconds),
                                         name="pyttsx3-worker", daemon=True)
         process.start()
         child_conn.close()

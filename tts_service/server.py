@@ -31,6 +31,34 @@ _tracer = tracer(__name__)
 _END = object()
 
 
+class _TextFeed:
+    """Complete text pieces from the reading task to the speaking pipeline. A failure
+    (bad message, text over the limit) overtakes the pieces still waiting."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._error: Exception | None = None
+
+    def put(self, index: int, piece: str) -> None:
+        self._queue.put_nowait((index, piece))
+
+    def end(self) -> None:
+        self._queue.put_nowait(_END)
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._queue.put_nowait(_END)
+
+    async def pieces(self) -> AsyncIterator[tuple[int, str]]:
+        while True:
+            item = await self._queue.get()
+            if self._error is not None:
+                raise self._error
+            if item is _END:
+                return
+            yield item
+
+
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     def __init__(self, speaker: Speaker, settings: TtsSettings) -> None:
         self.speaker = speaker
@@ -94,10 +122,10 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             request_id = first.request_id
             request_id_var.set(request_id)
             plan = await self._plan(first.config, context)
-            pieces: asyncio.Queue = asyncio.Queue()
-            reader = asyncio.create_task(self._read_text(requests, pieces))
+            feed = _TextFeed()
+            reader = asyncio.create_task(self._read_text(requests, feed))
             try:
-                async for spoken in self._speak(plan, self._drain(pieces), context):
+                async for spoken in self._speak(plan, feed.pieces(), context):
                     yield tts_pb2.StreamingSynthesizeResponse(request_id=request_id, sentence=spoken)
             except InvalidRequest as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -105,9 +133,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 reader.cancel()
 
     async def _read_text(self, requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
-                         pieces: asyncio.Queue) -> None:
-        """Client text → complete pieces on the queue, then _END; a problem goes on the queue as
-        InvalidRequest. The first piece may end at a clause, so the first audio starts early."""
+                         feed: _TextFeed) -> None:
+        """Client text → complete pieces into the feed as soon as they are complete. The first
+        piece may end at a clause, so the first audio starts early."""
         splitter = SentenceSplitter()
         index, length, spoken_text = 0, 0, False
         try:
@@ -119,25 +147,16 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                     raise InvalidRequest(self._too_long(length))
                 spoken_text = spoken_text or bool(request.text.strip())
                 for piece in splitter.push(request.text):
-                    pieces.put_nowait((index, piece))
+                    feed.put(index, piece)
                     index += 1
             if not spoken_text:
                 raise InvalidRequest("the stream ended without any text: there is nothing to speak")
             for piece in splitter.flush():
-                pieces.put_nowait((index, piece))
+                feed.put(index, piece)
                 index += 1
-            pieces.put_nowait(_END)
-        except InvalidRequest as exc:
-            pieces.put_nowait(exc)
-        except Exception as exc:  # the client went away or sent garbage: end the pipeline too
-            pieces.put_nowait(exc)
-
-    @staticmethod
-    async def _drain(pieces: asyncio.Queue) -> AsyncIterator[tuple[int, str]]:
-        while (item := await pieces.get()) is not _END:
-            if isinstance(item, Exception):
-                raise item
-            yield item
+            feed.end()
+        except Exception as exc:  # InvalidRequest, or the client went away: the pipeline ends too
+            feed.fail(exc)
 
     async def _speak(self, plan: SpeechPlan, sentences: AsyncIterator[tuple[int, str]],
                      context: aio.ServicerContext) -> AsyncIterator[tts_pb2.SpokenSentence]:
