@@ -1,0 +1,261 @@
+"""The LanguageModel gRPC service: checks the request, builds the prompt, then tries the
+providers in order until one starts answering, and streams its deltas.
+
+A provider that fails before its first token is replaced by the next one within the
+same request (listed in `done.fallbacks`). Once text has been sent, a failure ends the
+stream with an error status: two providers' answers are never spliced together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc import aio
+from prometheus_client import Counter, Histogram
+
+from llm_service.local_model import LocalModel
+from llm_service.prompting import Message, TokenCounter, answer_language, estimate_tokens, system_prompt, trim_history
+from llm_service.providers import Completion, Provider, ProviderError, Sampling
+from llm_service.settings import LlmSettings
+from voicebus.logs import request_id_var
+from voicebus.telemetry import tracer
+from voicebus.v1 import common_pb2, llm_pb2, llm_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+FIRST_TOKEN_SECONDS = Histogram("voicebus_llm_first_token_seconds", "Request start to first delta, by provider",
+                                ["provider"], buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
+GENERATIONS = Counter("voicebus_llm_generations_total", "Generations by provider and outcome "
+                      "(completed, cancelled, failed)", ["provider", "outcome"])
+PROVIDER_FALLBACKS = Counter("voicebus_llm_fallbacks_total", "Providers skipped before their first token",
+                             ["provider"])
+
+_ROLES = {common_pb2.ROLE_SYSTEM: "system", common_pb2.ROLE_USER: "user", common_pb2.ROLE_ASSISTANT: "assistant"}
+_FINISH = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH}
+
+
+class BadRequest(Exception):
+    """The request cannot be served as sent (INVALID_ARGUMENT); the message says why."""
+
+
+@dataclass
+class Plan:
+    """A checked request: what to send, to whom, and how."""
+    messages: list[Message]
+    language: str
+    chain: list[tuple[Provider, str]]  # (provider, model) in the order to try
+    sampling: Sampling
+    budget: int
+    fallbacks: list[llm_pb2.ProviderFallback] = field(default_factory=list)
+
+
+class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
+    def __init__(self, settings: LlmSettings, providers: Sequence[Provider]) -> None:
+        self.settings = settings
+        self.providers = list(providers)
+        self.local = next((p for p in providers if isinstance(p, LocalModel)), None)
+
+    # -- checking the request ------------------------------------------------
+
+    def _messages(self, request: llm_pb2.GenerateRequest) -> list[Message]:
+        s = self.settings
+        if not request.messages:
+            raise BadRequest("messages is empty: send at least the user's message")
+        if len(request.messages) > s.llm_max_messages:
+            raise BadRequest(f"{len(request.messages)} messages is over the limit of {s.llm_max_messages}")
+        messages: list[Message] = []
+        for index, message in enumerate(request.messages):
+            role = _ROLES.get(message.role)
+            if role is None:
+                raise BadRequest(f"messages[{index}] has no role (set ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT)")
+            if len(message.content) > s.llm_max_message_chars:
+                raise BadRequest(f"messages[{index}] is {len(message.content)} characters long, over the limit "
+                                 f"of {s.llm_max_message_chars}")
+            if role == "system" and messages and messages[-1].role != "system":
+                raise BadRequest(f"messages[{index}] is a system message after the conversation started; "
+                                 "system messages go first")
+            messages.append(Message(role, message.content))
+        if messages[-1].role != "user":
+            raise BadRequest(f"the last message is from the {messages[-1].role}; it must be the user's newest turn")
+        if not messages[-1].content.strip():
+            raise BadRequest("the user's message is empty")
+        # An interrupted turn may leave an empty assistant message in the history: skip it.
+        return [m for m in messages[:-1] if m.content.strip()] + messages[-1:]
+
+    def _chain(self, request: llm_pb2.GenerateRequest) -> list[tuple[Provider, str]]:
+        providers = self.providers
+        if request.provider:
+            providers = [p for p in providers if p.name == request.provider]
+            if not providers:
+                raise BadRequest(f"unknown provider '{request.provider}'; this server has: "
+                                 f"{', '.join(p.name for p in self.providers)}")
+        if not request.model:
+            return [(p, p.models[0]) for p in providers]
+        chain = [(p, request.model) for p in providers if request.model in p.models]
+        if not chain:
+            known = "; ".join(f"{p.name}: {', '.join(p.models)}" for p in providers)
+            raise BadRequest(f"unknown model '{request.model}'; available: {known}")
+        return chain
+
+    def _sampling(self, request: llm_pb2.GenerateRequest) -> Sampling:
+        s = self.settings
+        if request.max_tokens < 0:
+            raise BadRequest(f"max_tokens must not be negative (got {request.max_tokens})")
+        max_tokens = request.max_tokens or s.llm_max_tokens
+        if max_tokens > s.llm_context_tokens // 2:
+            raise BadRequest(f"max_tokens {max_tokens} is over the limit of {s.llm_context_tokens // 2}")
+        temperature = request.temperature if request.HasField("temperature") else s.llm_temperature
+        if not (math.isfinite(temperature) and 0.0 <= temperature <= 2.0):
+            raise BadRequest(f"temperature must be between 0 and 2 (got {temperature})")
+        return Sampling(max_tokens=max_tokens, temperature=temperature)
+
+    def plan(self, request: llm_pb2.GenerateRequest) -> Plan:
+        messages = self._messages(request)
+        chain = self._chain(request)
+        sampling = self._sampling(request)
+        if request.history_token_budget < 0:
+            raise BadRequest(f"history_token_budget must not be negative (got {request.history_token_budget})")
+        # The prompt and the answer must fit the local model's context window.
+        budget = min(request.history_token_budget or self.settings.llm_history_token_budget,
+                     self.settings.llm_context_tokens - sampling.max_tokens - 16)
+        language = answer_language(request.language_code, messages[-1].content)
+        if messages[0].role != "system":
+            messages.insert(0, Message("system", system_prompt(language)))
+        return Plan(messages, language, chain, sampling, budget)
+
+    # -- serving --------------------------------------------------------------
+
+    async def Generate(self, request: llm_pb2.GenerateRequest,
+                       context: aio.ServicerContext) -> AsyncIterator[llm_pb2.GenerateResponse]:
+        request_id = request.request_id or uuid.uuid4().hex
+        request_id_var.set(request_id)
+        try:
+            async with contextlib.aclosing(self._generate(request, request_id, context)) as responses:
+                async for response in responses:
+                    yield response
+        except (aio.AbortError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:  # a bug: say so in words, keep the trace in the log only
+            log.exception("generate failed")
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error in the llm service ({exc.__class__.__name__}); see its log")
+
+    async def _generate(self, request: llm_pb2.GenerateRequest, request_id: str,
+                        context: aio.ServicerContext) -> AsyncIterator[llm_pb2.GenerateResponse]:
+        started = time.monotonic()
+        try:
+            plan = self.plan(request)
+        except BadRequest as exc:
+            log.info("bad request", extra={"fields": {"reason": str(exc)}})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        count: TokenCounter = self.local.count_tokens if self.local else estimate_tokens
+        try:
+            trimmed = await trim_history(plan.messages, plan.budget, count)
+        except (OSError, ValueError, KeyError) as exc:  # httpx errors are OSErrors; an estimate still works
+            log.warning("token counting failed, estimating", extra={"fields": {"error": str(exc)}})
+            trimmed = await trim_history(plan.messages, plan.budget, estimate_tokens)
+        if trimmed.dropped:
+            log.info("history trimmed", extra={"fields": {"dropped_messages": trimmed.dropped,
+                                                          "prompt_tokens": trimmed.prompt_tokens}})
+
+        for position, (provider, model) in enumerate(plan.chain):
+            if provider.unavailable_reason:
+                self._skip(plan, provider, provider.unavailable_reason)
+                continue
+            last = position == len(plan.chain) - 1
+            timeout = None if last else self.settings.llm_first_token_timeout_seconds
+            stream = provider.stream(trimmed.messages, model, plan.sampling)
+            try:
+                async with asyncio.timeout(timeout):
+                    first = await anext(stream)
+            except (TimeoutError, ProviderError, StopAsyncIteration) as exc:
+                await stream.aclose()
+                self._skip(plan, provider, f"no first token within {timeout:g} s" if isinstance(exc, TimeoutError)
+                           else str(exc) if isinstance(exc, ProviderError) else "the stream ended without an answer")
+                continue
+            except BaseException:
+                await stream.aclose()
+                raise
+            async with contextlib.aclosing(self._relay(provider, model, stream, first, plan, started,
+                                                       request_id, context)) as responses:
+                async for response in responses:
+                    yield response
+            return
+        reasons = "; ".join(f"{f.provider}: {f.reason}" for f in plan.fallbacks) or "no provider configured"
+        log.warning("no provider answered", extra={"fields": {"reasons": reasons}})
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"no language model provider could answer ({reasons})")
+
+    def _skip(self, plan: Plan, provider: Provider, reason: str) -> None:
+        plan.fallbacks.append(llm_pb2.ProviderFallback(provider=provider.name, reason=reason))
+        PROVIDER_FALLBACKS.labels(provider.name).inc()
+        # A provider that is not configured was warned about once at start; a failure is news.
+        level = logging.INFO if reason == provider.unavailable_reason else logging.WARNING
+        log.log(level, "provider skipped", extra={"fields": {"provider": provider.name, "reason": reason}})
+
+    async def _relay(self, provider: Provider, model: str, stream: AsyncIterator[str | Completion],
+                     first: str | Completion, plan: Plan, started: float, request_id: str,
+                     context: aio.ServicerContext) -> AsyncIterator[llm_pb2.GenerateResponse]:
+        first_token_at = time.monotonic() - started
+        FIRST_TOKEN_SECONDS.labels(provider.name).observe(first_token_at)
+        span = tracer(__name__).start_span("llm.generate", attributes={
+            "llm.provider": provider.name, "llm.model": model, "llm.first_token_seconds": first_token_at,
+            "llm.fallbacks": len(plan.fallbacks)})
+        deltas, item, outcome = 0, first, "failed"
+        try:
+            try:
+                while not isinstance(item, Completion):
+                    deltas += 1
+                    yield llm_pb2.GenerateResponse(request_id=request_id, delta=llm_pb2.TextDelta(text=item))
+                    item = await anext(stream)
+            except ProviderError as exc:
+                # Text already went out: switching provider now would splice two answers.
+                log.warning("provider failed mid-answer", extra={"fields": {
+                    "provider": provider.name, "deltas_sent": deltas, "reason": str(exc)}})
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{provider.name} failed after the answer had "
+                                    f"started ({deltas} pieces sent; the answer is incomplete): {exc}")
+            outcome = "completed"
+            done = llm_pb2.GenerationDone(
+                finish_reason=_FINISH[item.finish_reason], provider=provider.name, model=model,
+                fallbacks=plan.fallbacks, time_to_first_token_seconds=first_token_at,
+                total_seconds=time.monotonic() - started, language_code=plan.language,
+                usage=llm_pb2.TokenUsage(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens,
+                                         cached_prompt_tokens=item.cached_prompt_tokens))
+            log.info("generated", extra={"fields": {
+                "provider": provider.name, "model": model, "first_token_seconds": round(first_token_at, 3),
+                "total_seconds": round(done.total_seconds, 3), "prompt_tokens": item.prompt_tokens,
+                "cached_prompt_tokens": item.cached_prompt_tokens, "completion_tokens": item.completion_tokens,
+                "finish_reason": item.finish_reason, "fallbacks": [f.provider for f in plan.fallbacks]}})
+            span.set_attribute("llm.completion_tokens", item.completion_tokens)
+            yield llm_pb2.GenerateResponse(request_id=request_id, done=done)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            log.info("generation cancelled by the client", extra={"fields": {
+                "provider": provider.name, "model": model, "deltas_sent": deltas}})
+            raise
+        finally:
+            await stream.aclose()  # closing the stream stops the provider's generation
+            GENERATIONS.labels(provider.name, outcome).inc()
+            span.set_attribute("llm.outcome", outcome)
+            span.end()
+
+    async def ListModels(self, request: llm_pb2.ListModelsRequest,
+                         context: aio.ServicerContext) -> llm_pb2.ListModelsResponse:
+        models = []
+        for provider in self.providers:
+            for index, model in enumerate(provider.models):
+                detail = provider.unavailable_reason or ("default" if index == 0 else "")
+                if isinstance(provider, LocalModel):
+                    detail = f"loaded from {provider.path}"
+                models.append(llm_pb2.ModelInfo(provider=provider.name, model=model,
+                                                available=provider.unavailable_reason is None, detail=detail))
+        return llm_pb2.ListModelsResponse(models=models)
+
+
