@@ -102,6 +102,7 @@ class RequestContextMiddleware:
                 route = scope.get("route")
                 label = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/")
                                                          else "unmatched")
+                span.update_name(f"{scope['method']} {label}")  # the route, not ids in the path
                 span.set_attribute("http.route", label)
                 span.set_attribute("http.status_code", status)
                 self.metrics.http_seconds.labels(scope["method"], label, str(status)).observe(

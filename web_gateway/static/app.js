@@ -191,7 +191,8 @@
     },
     turn_started(e) {
       turnRunning = true;
-      const turn = currentTurn(e.input === "text") || newTurn();
+      const turn = currentTurn() || newTurn();
+      clearTimeout(answerWatchdog);
       turn.id = e.turn_id;
       turn.el.dataset.turnId = e.turn_id;
       if (vb.state !== "listening") setState("thinking");
@@ -221,8 +222,10 @@
       if (e.fatal) {
         started = false;
         if (e.code === "not_found") { setConversation(null); }
-        endTurn();
       }
+      // An error outside a turn (e.g. text refused) ends the wait; one inside a turn is
+      // followed by turn_failed.
+      if (e.fatal || !turnRunning) { dropPendingTurn(); endTurn(); }
     },
   };
 
@@ -411,6 +414,28 @@
     if (recorder && recorder.state !== "inactive") {
       recorder.stop();
       setState("thinking");
+      waitForAnswer();
+    }
+  }
+
+  // Nothing came back for an utterance (e.g. too short to hold any audio): stop waiting.
+  let answerWatchdog = null;
+  function waitForAnswer() {
+    clearTimeout(answerWatchdog);
+    answerWatchdog = setTimeout(() => {
+      if (turnRunning || vb.state !== "thinking") return;
+      dropPendingTurn();
+      endTurn();
+      showError("Nothing was heard. Hold the button while you speak.");
+    }, 20000);
+  }
+
+  // A placeholder turn that never started on the server.
+  function dropPendingTurn() {
+    const pending = currentTurn();
+    if (pending && !pending.answer) {
+      pending.el.remove();
+      turns.pop();
     }
   }
 
@@ -427,6 +452,7 @@
     newTurn(text);
     send({ type: "text", text, traceparent: traceparent() });
     setState("thinking");
+    waitForAnswer();
   }
 
   // ---- conversations -----------------------------------------------------------------
