@@ -35,6 +35,8 @@ CONTAINER_FORMATS = {
     audio_pb2.AUDIO_ENCODING_FLAC: "flac",
 }
 
+FORMAT_NAMES = {"matroska": "WebM", "ogg": "Ogg", "wav": "WAV", "mp3": "MP3", "flac": "FLAC"}
+
 
 @dataclass
 class AudioBlock:
@@ -195,7 +197,7 @@ class StreamingAudioInput:
         except (av.error.FFmpegError, ValueError, EOFError, OSError) as exc:
             if self._feed.received == 0:
                 return  # no bytes at all: an empty stream, not a broken one
-            what = "audio in a format we can decode" if fmt is None else f"{fmt} audio"
+            what = "audio in a format we can decode" if fmt is None else f"{FORMAT_NAMES.get(fmt, fmt)} audio"
             raise AudioError(f"the streamed bytes are not {what} ({exc.__class__.__name__})") from None
         decoded = 0
         with container:

@@ -19,10 +19,10 @@ from stt_service.audio_input import StreamingAudioInput
 from stt_service.engine import InferenceQueue, Overloaded, UnsupportedLanguage, WhisperEngine, make_transcript
 from stt_service.settings import SttSettings
 from stt_service.streaming import StreamingRecognizer, StreamOptions
-from voicebus.audio import WHISPER_RATE, AudioError, decode_audio
+from voicebus.audio import SUPPORTED_PCM_RATES, WHISPER_RATE, AudioError, decode_audio
 from voicebus.logs import request_id_var
 from voicebus.telemetry import tracer
-from voicebus.v1 import stt_pb2, stt_pb2_grpc
+from voicebus.v1 import audio_pb2, stt_pb2, stt_pb2_grpc
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -51,6 +51,14 @@ def wav_truncation(data: bytes) -> str | None:
     return None
 
 
+def check_config(config: stt_pb2.RecognitionConfig) -> None:
+    if config.encoding == audio_pb2.AUDIO_ENCODING_PCM16 and config.sample_rate_hz <= 0:
+        raise AudioError("PCM16 audio needs config.sample_rate_hz (one of "
+                         + ", ".join(str(r) for r in SUPPORTED_PCM_RATES) + ")")
+    if config.encoding not in audio_pb2.AudioEncoding.values():
+        raise AudioError(f"unknown audio encoding {config.encoding}")
+
+
 class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
     def __init__(self, engine: WhisperEngine, settings: SttSettings) -> None:
         self.engine, self.settings = engine, settings
@@ -63,6 +71,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
         request_id_var.set(request.request_id)
         s = self.settings
         try:
+            check_config(request.config)
             language = self.engine.language_for(request.config.language_code)
             if len(request.audio) > s.stt_max_audio_mb * 1_000_000:
                 raise AudioError(f"the audio is {len(request.audio) / 1e6:.1f} MB; the limit is {s.stt_max_audio_mb:g} MB")
@@ -96,6 +105,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
     # --- StreamingTranscribe ------------------------------------------------------
     def _stream_options(self, config: stt_pb2.RecognitionConfig) -> StreamOptions:
         s = self.settings
+        check_config(config)
         if config.end_of_utterance_silence_ms < 0:
             raise InvalidInput("end_of_utterance_silence_ms cannot be negative")
         silence_ms = config.end_of_utterance_silence_ms or s.stt_end_of_utterance_ms
@@ -106,7 +116,9 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
             interim_interval=int(s.stt_interim_interval_ms * WHISPER_RATE / 1000),
             min_speech_windows=max(1, round(s.stt_min_speech_ms / 32)), threshold=s.stt_vad_threshold,
             commit_after=int(s.stt_commit_after_seconds * WHISPER_RATE),
-            max_stream=int(s.stt_max_stream_seconds * WHISPER_RATE), beam_size=s.stt_stream_beam_size)
+            max_stream=int(s.stt_max_stream_seconds * WHISPER_RATE),
+            final_beam=s.stt_final_beam_size, interim_beam=s.stt_interim_beam_size,
+            min_window=s.stt_stream_window_seconds)
 
     async def StreamingTranscribe(
         self, request_iterator: AsyncIterator[stt_pb2.StreamingTranscribeRequest], context: aio.ServicerContext,

@@ -52,7 +52,9 @@ class StreamOptions:
     threshold: float
     commit_after: int  # samples
     max_stream: int  # samples
-    beam_size: int
+    final_beam: int
+    interim_beam: int
+    min_window: float  # seconds; >= 30 turns short-window decoding off
 
 
 def failed(future: asyncio.Future[Heard]) -> bool:
@@ -89,6 +91,7 @@ class Decode:
     start: int
     end: int
     timestamps: bool
+    final: bool  # decoded with the final's settings: may become the final
     future: asyncio.Future[Heard]
 
 
@@ -174,7 +177,7 @@ class StreamingRecognizer:
         silence = position + WINDOW - u.speech_end
         if silence >= min(self.o.end_of_utterance, SPECULATE) and not self._covers(u, u.latest):
             if self.jobs.has_room:
-                self._launch(u, position + WINDOW)
+                self._launch(u, position + WINDOW, final=True)
         if silence >= self.o.end_of_utterance:
             await self._finish(u)
 
@@ -198,17 +201,21 @@ class StreamingRecognizer:
     # --- decoding ------------------------------------------------------------------
     def _covers(self, u: Utterance, d: Decode | None) -> bool:
         """True when decode `d` heard all of the utterance's speech (and can be its final)."""
-        return (d is not None and d.start == u.audio_start and not failed(d.future)
+        return (d is not None and d.final and d.start == u.audio_start and not failed(d.future)
                 and d.end >= min(u.speech_end + POST_ROLL, self.buffer.end))
 
-    def _launch(self, u: Utterance, end: int) -> Decode:
+    def _launch(self, u: Utterance, end: int, final: bool) -> Decode:
         audio = self.buffer.slice(u.audio_start, end)
         timestamps = audio.size > self.o.commit_after
-        prompt = " ".join(s.text for s in u.committed)[-PROMPT_CHARS:] or None
-        future = self.jobs.submit(
-            self.engine.transcribe, audio, language=u.language or self.o.language, beam_size=self.o.beam_size,
-            timestamps=timestamps, offset=u.audio_start / WHISPER_RATE, prompt=prompt)
-        decode = Decode(u.audio_start, end, timestamps, future)
+        window = None if timestamps else self.engine.window_for(audio.size / WHISPER_RATE, self.o.min_window)
+        kwargs = {"language": u.language or self.o.language, "offset": u.audio_start / WHISPER_RATE,
+                  "beam_size": self.o.final_beam if final else self.o.interim_beam,
+                  "prompt": " ".join(s.text for s in u.committed)[-PROMPT_CHARS:] or None}
+        if window is not None:
+            future = self.jobs.submit(self.engine.transcribe_window, audio, window=window, **kwargs)
+        else:
+            future = self.jobs.submit(self.engine.transcribe, audio, timestamps=timestamps, **kwargs)
+        decode = Decode(u.audio_start, end, timestamps, final, future)
         u.latest = decode
         future.add_done_callback(lambda f: self._decoded(u, decode))
         return decode
@@ -220,7 +227,7 @@ class StreamingRecognizer:
             return  # nobody wants interims and there is nothing to commit
         if (u.latest and not u.latest.future.done()) or not self.jobs.idle:
             return  # busy: skip this interim rather than queue it
-        self._launch(u, self.buffer.end)
+        self._launch(u, self.buffer.end, final=False)
         u.next_interim_at = self.buffer.end + self.o.interim_interval
 
     def _decoded(self, u: Utterance, d: Decode) -> None:
@@ -269,7 +276,7 @@ class StreamingRecognizer:
                     heard = None
             if heard is None:
                 # Overloaded propagates: the caller ends the stream with RESOURCE_EXHAUSTED.
-                heard = await self._launch(u, end).future
+                heard = await self._launch(u, end, final=True).future
             span.set_attribute("stt.audio_seconds", (end - u.audio_start) / WHISPER_RATE)
         self._result(u, heard, is_final=True, latency=time.monotonic() - u.speech_arrival)
         self.utt, self._run_length = None, 0

@@ -1,0 +1,277 @@
+"""The STT service, black-box: a real `python -m stt_service` (tiny.en from its PyPI
+package) on a free port, spoken to over gRPC with speech made here by espeak-ng.
+
+Word error rate threshold: 15 % over all sentences, and no single sentence above 34 %
+(one word in three). tiny.en scores about 5.6 % WER on LibriSpeech test-clean; espeak-ng's
+formant voice is further from what Whisper was trained on, and on these seven sentences
+we measured 3.5 % (one wrong word: "pizza" heard as "beat set"). 15 % leaves room for the
+small differences int8 kernels show between CPUs, while any real fault (wrong sample
+rate, audio cut short, a lost second of a 3 s sentence) costs 30 % or far more.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from helpers import ServiceProcess, free_port, word_error_rate, words
+from stt_support import (SENTENCES, encode, pcm16, pcm_chunks, pcm_config, run_stream, silence, speech, split)
+from voicebus.v1 import audio_pb2, stt_pb2, stt_pb2_grpc
+
+pytestmark = pytest.mark.slow
+MAX_WER, MAX_SENTENCE_WER = 0.15, 0.34
+MAX_AUDIO_SECONDS, MAX_STREAM_SECONDS = 60, 40
+
+
+def start_stt(nats_url: str, data_dir: Path, **env: str) -> tuple[ServiceProcess, grpc.Channel]:
+    address = f"127.0.0.1:{free_port()}"
+    service = ServiceProcess("stt_service", address, {
+        "VOICEBUS_STT_ADDR": address, "VOICEBUS_NATS_URL": nats_url, "VOICEBUS_DATA_DIR": str(data_dir),
+        "VOICEBUS_STT_CPU_THREADS": "2", **env}, name="stt").wait_healthy()
+    return service, grpc.insecure_channel(address)
+
+
+@pytest.fixture(scope="module")
+def stt(nats_server, tmp_path_factory):
+    service, channel = start_stt(nats_server.url, tmp_path_factory.mktemp("stt-data"),
+                                 VOICEBUS_STT_MAX_AUDIO_MB="2", VOICEBUS_STT_MAX_AUDIO_SECONDS=str(MAX_AUDIO_SECONDS),
+                                 VOICEBUS_STT_MAX_STREAM_SECONDS=str(MAX_STREAM_SECONDS))
+    yield stt_pb2_grpc.SpeechToTextStub(channel)
+    channel.close()
+    code = service.stop()
+    logs = service.log_path.read_text(errors="replace")
+    assert code == 0, logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    """Each sentence as (WAV bytes, 16 kHz samples), made once."""
+    folder = tmp_path_factory.mktemp("speech")
+    return [speech(text, folder, f"s{i}") for i, text in enumerate(SENTENCES)]
+
+
+def transcribe(stub, audio: bytes, **config) -> stt_pb2.TranscribeResponse:
+    return stub.Transcribe(stt_pb2.TranscribeRequest(audio=audio, config=stt_pb2.RecognitionConfig(**config),
+                                                     request_id="r1"), timeout=60)
+
+
+def assert_good_request_works(stub, voices) -> None:
+    reply = transcribe(stub, voices[0][0])
+    assert word_error_rate(SENTENCES[0], reply.transcript.text) == 0, reply.transcript.text
+
+
+def assert_invalid(call, *fragments: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    message = caught.value.details().lower()
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "traceback" not in message
+
+
+# --- Transcribe --------------------------------------------------------------------
+
+def test_transcribes_sentences_under_the_wer_threshold(stt, voices):
+    errors = 0.0
+    for text, (wav, samples) in zip(SENTENCES, voices):
+        reply = transcribe(stt, wav)
+        t = reply.transcript
+        wer = word_error_rate(text, t.text)
+        assert wer <= MAX_SENTENCE_WER, (text, t.text)
+        errors += wer * len(words(text))
+        assert reply.request_id == "r1" and reply.model == "tiny.en"
+        assert t.language_code == "en" and t.language_probability == 1.0
+        assert 0.3 < t.confidence <= 1.0 and t.no_speech_probability < 0.5 and not t.no_speech
+        assert reply.audio_duration_seconds == pytest.approx(samples.size / 16_000, abs=0.01)
+        assert 0 < reply.processing_seconds < 30
+        assert t.segments and t.segments[0].start_seconds >= 0
+        assert t.segments[-1].end_seconds <= reply.audio_duration_seconds + 0.05
+        assert " ".join(s.text for s in t.segments) == t.text
+        assert t.audio_end_seconds == pytest.approx(reply.audio_duration_seconds)
+    total = errors / sum(len(words(s)) for s in SENTENCES)
+    assert total <= MAX_WER, total
+
+
+@pytest.mark.parametrize("fmt,codec,encoding", [
+    ("webm", "libopus", audio_pb2.AUDIO_ENCODING_UNSPECIFIED),
+    ("webm", "libopus", audio_pb2.AUDIO_ENCODING_WEBM_OPUS),
+    ("ogg", "libopus", audio_pb2.AUDIO_ENCODING_UNSPECIFIED),
+    ("mp3", "libmp3lame", audio_pb2.AUDIO_ENCODING_UNSPECIFIED),
+    ("flac", "flac", audio_pb2.AUDIO_ENCODING_UNSPECIFIED),
+])
+def test_containers_transcribe_like_wav(stt, voices, fmt, codec, encoding):
+    for index in (0, 3):
+        wav, samples = voices[index]
+        expected = transcribe(stt, wav).transcript.text
+        reply = transcribe(stt, encode(samples, fmt, codec), encoding=encoding)
+        assert words(reply.transcript.text) == words(expected), (fmt, reply.transcript.text, expected)
+
+
+def test_pcm16_with_its_sample_rate(stt, voices):
+    wav, samples = voices[1]
+    raw = wav[44:]  # espeak writes a 44-byte header, then 22.05 kHz PCM16
+    reply = transcribe(stt, raw, encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=22_050)
+    assert words(reply.transcript.text) == words(SENTENCES[1])
+    assert reply.audio_duration_seconds == pytest.approx(samples.size / 16_000, abs=0.01)
+
+
+def test_silence_is_no_speech(stt):
+    noise = (np.random.default_rng(1).standard_normal(16_000 * 3) * 0.001).astype(np.float32)
+    reply = transcribe(stt, pcm16(noise), encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=16_000)
+    assert reply.transcript.text == "" and reply.transcript.no_speech
+    assert reply.transcript.no_speech_probability > 0.5 and not reply.transcript.segments
+
+
+def test_bad_unary_input_is_invalid_argument_and_service_keeps_serving(stt, voices):
+    wav, samples = voices[0]
+    webm = encode(samples)
+    cases = [
+        (b"this is a text file, not audio at all " * 50, {}, ["not audio"]),
+        (bytes(range(256)) * 40, {}, ["not audio"]),
+        (wav[: len(wav) // 2], {}, ["truncated"]),
+        (webm[:120], {}, []),
+        (b"", {}, ["empty"]),
+        (wav[44:], {"encoding": audio_pb2.AUDIO_ENCODING_PCM16, "sample_rate_hz": 12_345}, ["sample rate"]),
+        (wav[44:], {"encoding": audio_pb2.AUDIO_ENCODING_PCM16}, ["sample_rate_hz"]),
+        (wav, {"language_code": "hi"}, ["english only"]),
+        (bytes(8_000 * 2 * (MAX_AUDIO_SECONDS + 2)), {"encoding": audio_pb2.AUDIO_ENCODING_PCM16,
+                                                      "sample_rate_hz": 8_000}, ["lasts 62 s", "limit"]),
+        (b"\0" * 2_100_000, {"encoding": audio_pb2.AUDIO_ENCODING_PCM16, "sample_rate_hz": 16_000}, ["mb"]),
+    ]
+    for audio, config, fragments in cases:
+        assert_invalid(lambda: transcribe(stt, audio, **config), *fragments)
+        assert_good_request_works(stt, voices)
+
+
+# --- StreamingTranscribe -------------------------------------------------------------
+
+def test_streaming_events_in_order_and_end_of_utterance_without_closing(stt, voices):
+    """Real-time pace: interims while speaking; trailing silence alone ends the utterance."""
+    text = SENTENCES[4]
+    _, samples = voices[4]
+    audio = np.concatenate([silence(0.4), samples, silence(1.2)])
+    run = run_stream(stt, pcm_config(interim_results=True), pcm_chunks(audio, 0.1), interval=0.1,
+                     hold_until=lambda r: bool(r.finals()))
+    kinds = run.kinds()
+    assert kinds[0] == "started" and kinds[-2:] == ["end", "final"], kinds
+    assert set(kinds[1:-2]) == {"interim"} and len(kinds) >= 4, kinds  # at least one interim
+    assert run.half_closed_at is not None and run.first_time("final") < run.half_closed_at
+    final = run.finals()[0]
+    assert word_error_rate(text, final.transcript.text) <= MAX_SENTENCE_WER, final.transcript.text
+    assert final.utterance_index == 0 and final.stability == 1.0 and not final.transcript.no_speech
+    assert 0 < final.latency_seconds < 10
+    started, ended = (r.event.offset_seconds for _, r in run.responses if r.HasField("event"))
+    assert 0.2 < started < 0.8 and started < ended < 0.4 + samples.size / 16_000 + 0.4
+    assert final.transcript.audio_start_seconds == pytest.approx(started)
+    for interim in run.interims():
+        assert interim.utterance_index == 0 and 0 <= interim.stability <= 1 and interim.transcript.text
+    assert all(r.model == "tiny.en" and r.request_id == "test" for _, r in run.responses)
+
+
+def test_streaming_webm_opus_in_mediarecorder_pieces(stt, voices):
+    _, samples = voices[2]
+    audio = np.concatenate([silence(0.3), samples, silence(1.0)])
+    webm = encode(audio)
+    pieces = split(webm, max(200, len(webm) // 40))  # ~40 timeslices over the recording
+    config = stt_pb2.RecognitionConfig(encoding=audio_pb2.AUDIO_ENCODING_WEBM_OPUS)
+    run = run_stream(stt, config, pieces, interval=0.02)
+    unary = transcribe(stt, voices[2][0]).transcript.text
+    assert run.kinds()[0] == "started" and run.kinds()[-2:] == ["end", "final"]
+    assert len(run.finals()) == 1
+    assert words(run.finals()[0].transcript.text) == words(unary), (run.finals()[0].transcript.text, unary)
+
+
+def test_streaming_several_utterances_in_one_stream(stt, voices):
+    audio = np.concatenate([silence(0.3), voices[0][1], silence(1.0), voices[5][1], silence(1.0)])
+    run = run_stream(stt, pcm_config(), pcm_chunks(audio, 0.1), interval=0.02)
+    assert run.kinds() == ["started", "end", "final", "started", "end", "final"]
+    finals = run.finals()
+    assert [f.utterance_index for f in finals] == [0, 1]
+    assert word_error_rate(SENTENCES[0], finals[0].transcript.text) == 0, finals[0].transcript.text
+    assert word_error_rate(SENTENCES[5], finals[1].transcript.text) <= MAX_SENTENCE_WER, finals[1].transcript.text
+    assert finals[0].transcript.audio_end_seconds < finals[1].transcript.audio_start_seconds
+
+
+def test_push_to_talk_half_close_gives_the_final(stt, voices):
+    """Speech right up to the release of the button: the half-close ends the utterance."""
+    audio = np.concatenate([silence(0.2), voices[3][1]])
+    run = run_stream(stt, pcm_config(sample_rate_hz=16_000), pcm_chunks(audio, 0.1), interval=0.02)
+    assert run.kinds() == ["started", "end", "final"]
+    assert word_error_rate(SENTENCES[3], run.finals()[0].transcript.text) == 0
+
+
+def test_single_utterance_ends_the_stream_after_the_first_final(stt, voices):
+    audio = np.concatenate([silence(0.3), voices[0][1], silence(1.0), voices[1][1], silence(1.0)])
+    run = run_stream(stt, pcm_config(single_utterance=True, end_of_utterance_silence_ms=300),
+                     pcm_chunks(audio, 0.1), interval=0.02)
+    assert run.kinds() == ["started", "end", "final"]
+    assert words(run.finals()[0].transcript.text) == words(SENTENCES[0])
+
+
+def test_silence_only_stream_gives_an_empty_no_speech_final(stt):
+    run = run_stream(stt, pcm_config(sample_rate_hz=48_000), split(bytes(48_000 * 2 * 2), 9_600), interval=0)
+    assert run.kinds() == ["final"]
+    final = run.finals()[0]
+    assert final.transcript.text == "" and final.transcript.no_speech and final.is_final
+    assert final.transcript.audio_end_seconds == pytest.approx(2.0, abs=0.05)
+
+
+def test_bad_streams_are_invalid_argument_and_service_keeps_serving(stt, voices):
+    good = [pcm16(np.concatenate([silence(0.2), voices[0][1], silence(0.7)]))]
+    audio_first = stt_pb2.StreamingTranscribeRequest(audio=b"\0\0" * 1600)
+    second_config = stt_pb2.StreamingTranscribeRequest(config=pcm_config())
+    cases = [
+        (lambda: run_stream(stt, None, [b"\0\0" * 1600]), ["first message", "config"]),
+        (lambda: run_stream(stt, None, []), ["config"]),
+        (lambda: run_stream(stt, pcm_config(), [], extra=[audio_first, second_config]), ["second config"]),
+        (lambda: run_stream(stt, pcm_config(sample_rate_hz=12_345), good), ["sample rate"]),
+        (lambda: run_stream(stt, pcm_config(sample_rate_hz=0), good), ["sample_rate_hz"]),
+        (lambda: run_stream(stt, pcm_config(language_code="hi"), good), ["english only"]),
+        (lambda: run_stream(stt, stt_pb2.RecognitionConfig(encoding=audio_pb2.AUDIO_ENCODING_WEBM_OPUS),
+                            [b"definitely not a webm stream " * 200], interval=0), ["not webm"]),
+        (lambda: run_stream(stt, stt_pb2.RecognitionConfig(), [bytes(range(256)) * 64], interval=0), ["not audio"]),
+        (lambda: run_stream(stt, pcm_config(sample_rate_hz=8_000),
+                            split(bytes(8_000 * 2 * (MAX_STREAM_SECONDS + 2)), 16_000), interval=0),
+         ["longer than the maximum"]),
+    ]
+    for call, fragments in cases:
+        assert_invalid(call, *fragments)
+        run = run_stream(stt, pcm_config(), good, interval=0)
+        assert words(run.finals()[0].transcript.text) == words(SENTENCES[0])
+
+
+# --- Overload ------------------------------------------------------------------------
+
+def test_full_queue_is_resource_exhausted_at_once(nats_server, tmp_path, voices):
+    service, channel = start_stt(nats_server.url, tmp_path, VOICEBUS_STT_MAX_QUEUE="0")
+    try:
+        stub = stt_pb2_grpc.SpeechToTextStub(channel)
+        long_wav = pcm16(np.concatenate([voices[i][1] for i in range(len(voices))] * 2))
+        config = {"encoding": audio_pb2.AUDIO_ENCODING_PCM16, "sample_rate_hz": 16_000}
+
+        def call():
+            started = time.monotonic()
+            try:
+                transcribe(stub, long_wav, **config)
+                return "ok", time.monotonic() - started
+            except grpc.RpcError as exc:
+                return exc.code(), time.monotonic() - started
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(lambda _: call(), range(4)))
+        codes = [code for code, _ in outcomes]
+        assert "ok" in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+        assert set(codes) <= {"ok", grpc.StatusCode.RESOURCE_EXHAUSTED}
+        slowest_ok = max(t for code, t in outcomes if code == "ok")
+        assert all(t < slowest_ok for code, t in outcomes if code != "ok")  # refused at once, not after waiting
+        assert_good_request_works(stub, voices)
+    finally:
+        channel.close()
+        service.stop()
