@@ -148,7 +148,8 @@ async def test_list_voices_shows_what_is_installed(tts):
         everything = (await stub.ListVoices(tts_pb2.ListVoicesRequest())).voices
         hindi = (await stub.ListVoices(tts_pb2.ListVoicesRequest(language_code="hi"))).voices
         piper = (await stub.ListVoices(tts_pb2.ListVoicesRequest(engine="piper"))).voices
-        await expect_invalid(stub.ListVoices(tts_pb2.ListVoicesRequest(engine="festival")), "unknown engine", "festival")
+        await expect_invalid(stub.ListVoices(tts_pb2.ListVoicesRequest(engine="festival")),
+                             "unknown engine", "festival")
     by_name = {(v.engine, v.name): v for v in everything}
     joe = by_name["piper", PIPER_VOICE]
     assert list(joe.language_codes) == ["en-us"] and joe.natural_sample_rate_hz == 22050
@@ -422,7 +423,7 @@ async def test_too_many_concurrent_syntheses_is_resource_exhausted(tmp_path, nat
     try:
         async with aio.insecure_channel(service.address) as channel:
             stub = tts_pb2_grpc.TextToSpeechStub(channel)
-            long_call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=" ".join(SENTENCES * 3)), timeout=120)
+            long_call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=" ".join(SENTENCES * 2)), timeout=120)
             first = await long_call.read()  # the long request is now being served
             assert first.sentence.sentence_index == 0
             with pytest.raises(aio.AioRpcError) as caught:
@@ -430,7 +431,21 @@ async def test_too_many_concurrent_syntheses_is_resource_exhausted(tmp_path, nat
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "busy" in caught.value.details()
             rest = await read_rest(long_call)
-            assert len(rest) == len(SENTENCES) * 3 - 1
-        await assert_still_serving(service.address)  # the slot is free again
+            assert len(rest) == len(SENTENCES) * 2 - 1
+            await assert_still_serving(service.address)  # the slot is free again
+
+            # A client that hangs up (barge-in) frees its slot too.
+            cancelled = stub.Synthesize(tts_pb2.SynthesizeRequest(text=" ".join(SENTENCES * 2)), timeout=120)
+            await cancelled.read()
+            cancelled.cancel()
+            for _ in range(50):
+                try:
+                    await assert_still_serving(service.address)
+                    break
+                except aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the cancelled call still holds its slot after 5 s")
     finally:
         service.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from grpc import aio
 
@@ -15,38 +14,30 @@ from tts_service.settings import TtsSettings
 from tts_service.speaker import Speaker
 from voicebus.grpc_server import run_service, start_process
 
-log = logging.getLogger("tts_service")
-
-
-def build_engines(settings: TtsSettings) -> dict[str, SpeechEngine]:
-    """Both engines, loaded once for the life of the process."""
-    piper = PiperEngine(settings.tts_piper_voice_dirs, settings.tts_piper_threads)
-    pyttsx3 = Pyttsx3Engine(settings.tts_work_dir, settings.tts_pyttsx3_words_per_minute,
-                            settings.tts_pyttsx3_timeout_seconds)
-    return {PIPER: piper, PYTTSX3: pyttsx3}
-
 
 def main() -> None:
     settings = TtsSettings()
     start_process(settings)
-    engines = build_engines(settings)
+    # Both engines load once, for the life of the process.
+    piper = PiperEngine(settings.tts_piper_voice_dirs, settings.tts_piper_threads)
+    pyttsx3 = Pyttsx3Engine(settings.tts_work_dir, settings.tts_pyttsx3_words_per_minute,
+                            settings.tts_pyttsx3_timeout_seconds)
+    engines: dict[str, SpeechEngine] = {PIPER: piper, PYTTSX3: pyttsx3}
     try:
         speaker = Speaker(engines, settings.tts_preferred_engine, settings.tts_pyttsx3_voices)
-    except ValueError as exc:
-        raise SystemExit(f"tts: {exc}") from None
-    # The voice English requests get by default is ready before the service says SERVING.
-    english = speaker.default_voice(PIPER, "en")
-    if english is not None:
-        engines[PIPER].preload(english.name)  # type: ignore[attr-defined]
-    servicer = TextToSpeechServicer(speaker, settings)
+        # The voice English requests get by default is ready before the service says SERVING.
+        if english := speaker.default_voice(PIPER, "en"):
+            piper.preload(english.name)
+        servicer = TextToSpeechServicer(speaker, settings)
 
-    def register(server: aio.Server) -> list[str]:
-        return list(register_servicer(server, servicer))
+        def register(server: aio.Server) -> list[str]:
+            return list(register_servicer(server, servicer))
 
-    try:
         asyncio.run(run_service(settings=settings, address=settings.tts_addr, register=register,
                                 capacity=settings.tts_max_concurrent_requests,
-                                capabilities=[e for e in engines if engines[e].voices()]))
+                                capabilities=[name for name, engine in engines.items() if engine.voices()]))
+    except ValueError as exc:  # a setting with a wrong value
+        raise SystemExit(f"tts: {exc}") from None
     finally:
         for engine in engines.values():
             engine.close()  # the pyttsx3 worker and its folder go, also after a failed start

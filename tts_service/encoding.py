@@ -8,9 +8,10 @@ What one chunk is, per encoding (also in tts.proto):
   plays alone, and the chunks of a response concatenate into one valid MP3.
 - OGG_OPUS / WEBM_OPUS: one continuous container over the whole response: the first
   chunk starts with the container header, each chunk carries its sentence's Opus
-  packets (padded with 60 ms of silence so no speech stays inside the encoder or muxer), and
-  one last chunk (no sentence text) carries the container's closing bytes. The chunks
-  concatenate into one valid file; appended in order to a MediaSource (WebM) they play.
+  packets (padded with 60 ms of silence, so no speech waits in the encoder or muxer for
+  the next sentence), and one last chunk (no sentence text) carries the container's
+  closing bytes. The chunks concatenate into one valid file; appended in order to a
+  MediaSource (WebM) they play.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class UnsupportedFormat(ValueError):
 
 def check_format(encoding: int, sample_rate_hz: int) -> None:
     if encoding not in RATES:
-        known = audio_pb2.AudioEncoding.Name(encoding) if encoding in audio_pb2.AudioEncoding.values() else str(encoding)
+        known = (audio_pb2.AudioEncoding.Name(encoding) if encoding in audio_pb2.AudioEncoding.values()
+                 else str(encoding))
         raise UnsupportedFormat(
             f"encoding {known} is not produced here; use one of "
             + ", ".join(audio_pb2.AudioEncoding.Name(e) for e in RATES))

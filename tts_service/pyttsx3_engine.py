@@ -46,8 +46,8 @@ def _worker_main(conn: Connection, work_dir: str, timeout: float) -> None:
     import pyttsx3
     from pyttsx3.drivers import _espeak  # pyttsx3's binding of libespeak-ng
 
-    def wait_until_idle() -> None:
-        deadline = time.monotonic() + timeout
+    def wait_until_idle(limit: float = timeout) -> None:
+        deadline = time.monotonic() + limit
         while _espeak.IsPlaying():
             if time.monotonic() > deadline:
                 raise TimeoutError("espeak-ng stayed busy")
@@ -64,7 +64,7 @@ def _worker_main(conn: Connection, work_dir: str, timeout: float) -> None:
     engine.connect("finished-utterance", on_finished)
     driver = engine.proxy._driver
     engine.runAndWait()  # nothing to say: leaves pyttsx3's command queue idle, not "busy"
-    wait_until_idle()
+    wait_until_idle(START_TIMEOUT_SECONDS)
     voices = [(v.id, [str(c) for c in (v.languages or [])], v.gender or "") for v in engine.getProperty("voices")]
     conn.send(("ready", voices))
     while True:
@@ -126,8 +126,8 @@ class Pyttsx3Engine:
 
     def _start(self) -> list[VoiceInfo]:
         parent_conn, child_conn = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child_conn, str(self.work_dir), self.timeout_seconds),
-                                        name="pyttsx3-worker", daemon=True)
+        process = self._context.Process(target=_worker_main, name="pyttsx3-worker", daemon=True,
+                                        args=(child_conn, str(self.work_dir), self.timeout_seconds))
         process.start()
         child_conn.close()
         self._process, self._conn = process, parent_conn

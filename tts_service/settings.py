@@ -17,13 +17,12 @@ class TtsSettings(CommonSettings):
         "piper", description="Engine (`piper` or `pyttsx3`) for requests that name none, when it has a voice "
         "for the language; otherwise the other engine speaks.")
     tts_piper_voice_dirs: list[Path] = Field(
-        default_factory=list, description="Extra folders searched for Piper voices (`*.onnx` next to "
+        [], description="Extra folders searched for Piper voices (`*.onnx` next to "
         "`*.onnx.json`), besides those inside installed Python packages. JSON list.")
     tts_piper_threads: int = Field(2, description="Piper inferences that may run at the same time.")
     tts_pyttsx3_voices: dict[str, str] = Field(
-        default_factory=lambda: {"en": "gmw/en-us"},
-        description="pyttsx3 voice for a language when a request names none (JSON object, language → voice "
-        "id); other languages get the espeak-ng voice named after the language.")
+        {"en": "gmw/en-us"}, description="pyttsx3 voice for a language when a request names none (JSON "
+        "object, language → voice id); other languages get the espeak-ng voice named after the language.")
     tts_pyttsx3_words_per_minute: int = Field(175, description="pyttsx3/espeak-ng speed at speaking rate 1.0.")
     tts_pyttsx3_timeout_seconds: float = Field(
         30.0, description="A pyttsx3 sentence taking longer fails (its worker process is restarted) and "
