@@ -1,20 +1,24 @@
 """The Whisper engine (faster-whisper on CTranslate2) and the bounded queue in front of it.
 
 One model per process, one inference at a time: on a small CPU two parallel inferences
-are each slower than two in a row, and a single worker keeps the order of jobs fair.
-The queue in front of it is bounded so an overloaded instance says so at once
-(RESOURCE_EXHAUSTED) and the caller can go to another instance instead of waiting.
+are each slower than two in a row. The queue in front of it is bounded so an overloaded
+instance says so at once (RESOURCE_EXHAUSTED) and the caller can go to another instance
+instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
+import heapq
+import itertools
 import logging
 import math
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -32,6 +36,13 @@ NO_SPEECH_LOGPROB = -1.0
 # Short-window decoding (see `transcribe_window`): the speech plus this much silence.
 WINDOW_TAIL_SECONDS = 8.0
 FULL_WINDOW_SECONDS = 30.0
+
+
+class Priority(enum.IntEnum):
+    """Lower runs first."""
+    FINAL = 0  # a streaming final (or the speculative decode that may become one)
+    FILE = 1  # Transcribe
+    INTERIM = 2
 
 
 class Overloaded(RuntimeError):
@@ -217,13 +228,20 @@ def repeats_itself(text: str) -> bool:
     return half >= 2 and words[:half] == words[half:2 * half]
 
 
-@dataclass
 class InferenceQueue:
-    """One worker thread; at most `max_waiting` jobs wait behind the running one."""
-    max_waiting: int
-    in_flight: int = 0
-    _executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper"))
+    """One worker thread, jobs by priority: a stream's final overtakes a whole file waiting to
+    be transcribed (a person is waiting for the final). At most `max_waiting` jobs wait
+    behind the running one."""
+
+    def __init__(self, max_waiting: int) -> None:
+        self.max_waiting = max_waiting
+        self.in_flight = 0  # running + waiting; only touched on the event loop
+        self._heap: list[tuple[int, int, asyncio.Future[Any], Callable[[], Any]]] = []
+        self._order = itertools.count()
+        self._ready = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._work, name="whisper", daemon=True)
+        self._thread.start()
 
     @property
     def idle(self) -> bool:
@@ -238,28 +256,54 @@ class InferenceQueue:
             raise Overloaded(f"the speech recognizer is busy ({self.in_flight} jobs in progress or waiting); "
                              "try again shortly or use another instance")
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    def submit(self, fn: Callable[..., Any], *args: Any, priority: int = Priority.FILE,
+               **kwargs: Any) -> asyncio.Future[Any]:
         """Queue a job now (or raise Overloaded); await the returned future for its result."""
         self.check_room()
-        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.in_flight += 1
-
-        def done(_: object) -> None:
-            try:
-                loop.call_soon_threadsafe(self._finished)
-            except RuntimeError:  # the loop is gone: the process is stopping
-                pass
-
-        future = self._executor.submit(fn, *args, **kwargs)
-        # Counted until the thread is really free, even when the caller stops waiting.
-        future.add_done_callback(done)
-        return asyncio.wrap_future(future)
+        with self._ready:
+            heapq.heappush(self._heap, (priority, next(self._order), future, functools.partial(fn, *args, **kwargs)))
+            self._ready.notify()
+        return future
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self.submit(fn, *args, **kwargs)
 
-    def _finished(self) -> None:
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._heap or self._stopped)
+                if self._stopped:
+                    return
+                _, _, future, job = heapq.heappop(self._heap)
+            loop = future.get_loop()
+            if future.cancelled():  # its caller gave up while it waited
+                self._post(loop, self._settle, future, None, None)
+                continue
+            try:
+                result, error = job(), None
+            except Exception as exc:
+                result, error = None, exc
+            self._post(loop, self._settle, future, result, error)
+
+    @staticmethod
+    def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is gone: the process is stopping
+            pass
+
+    def _settle(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
         self.in_flight -= 1
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._ready:
+            self._stopped = True
+            self._ready.notify_all()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stt_service.audio_input import WINDOW, AudioBlock, End
-from stt_service.engine import Heard, HeardSegment, InferenceQueue, WhisperEngine, make_transcript
+from stt_service.engine import Heard, HeardSegment, InferenceQueue, Priority, WhisperEngine, make_transcript
 from voicebus.audio import WHISPER_RATE, AudioError
 from voicebus.telemetry import tracer
 from voicebus.v1 import stt_pb2
@@ -211,10 +211,12 @@ class StreamingRecognizer:
         kwargs = {"language": u.language or self.o.language, "offset": u.audio_start / WHISPER_RATE,
                   "beam_size": self.o.final_beam if final else self.o.interim_beam,
                   "prompt": " ".join(s.text for s in u.committed)[-PROMPT_CHARS:] or None}
+        priority = Priority.FINAL if final else Priority.INTERIM
         if window is not None:
-            future = self.jobs.submit(self.engine.transcribe_window, audio, window=window, **kwargs)
+            future = self.jobs.submit(self.engine.transcribe_window, audio, window=window, priority=priority, **kwargs)
         else:
-            future = self.jobs.submit(self.engine.transcribe, audio, timestamps=timestamps, **kwargs)
+            future = self.jobs.submit(self.engine.transcribe, audio, timestamps=timestamps, priority=priority,
+                                      **kwargs)
         decode = Decode(u.audio_start, end, timestamps, final, future)
         u.latest = decode
         future.add_done_callback(lambda f: self._decoded(u, decode))
@@ -245,8 +247,8 @@ class StreamingRecognizer:
         if d.timestamps and len(heard.segments) > 1:
             self._commit(u, heard.segments[:-1])
             tail = heard.segments[-1:]
-        if self.o.interim_results and d.end > u.last_interim_end and heard.text:
-            words = " ".join(s.text for s in u.committed + tail).lower().split()
+        words = " ".join(s.text for s in u.committed + tail).lower().split()
+        if self.o.interim_results and d.end > u.last_interim_end and heard.text and words != u.last_interim_words:
             # Stability: the share of words on which this interim agrees with the previous one.
             agreed = sum(1 for a, b in zip(words, u.last_interim_words) if a == b)
             u.last_interim_end, u.last_interim_words = d.end, words
