@@ -72,13 +72,18 @@ def read_audio(path: Path) -> bytes:
     return data
 
 
-async def requests(args: argparse.Namespace, audio: bytes | None,
+async def requests(args: argparse.Namespace, audio: bytes | None, opened: asyncio.Event,
                    turn_over: asyncio.Event) -> AsyncIterator[assistant_pb2.ConverseRequest]:
     options = assistant_pb2.TurnOptions(
         language_code=args.language, synthesize_audio=True,
         output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16))
     yield assistant_pb2.ConverseRequest(config=assistant_pb2.ConverseConfig(
         conversation_id=args.conversation, options=options))
+    # Nothing more until the server accepted the config: a refused config (unknown
+    # conversation) ends the stream, and a write racing that end would hide its status.
+    await opened.wait()
+    if turn_over.is_set():
+        return
     if audio is None:
         yield assistant_pb2.ConverseRequest(text=args.text)
     else:
@@ -96,39 +101,51 @@ def show(text: str, end: str = "\n") -> None:
 
 async def converse(args: argparse.Namespace, settings: CommonSettings, audio: bytes | None) -> TurnResult:
     result = TurnResult()
-    turn_over = asyncio.Event()
+    opened, turn_over = asyncio.Event(), asyncio.Event()
     answering = False
     async with open_channel(args.addr or settings.orchestrator_addr, settings) as channel:
         call = assistant_pb2_grpc.AssistantStub(channel).Converse(
-            requests(args, audio, turn_over), timeout=args.timeout)
-        async for event in call:
-            result.conversation_id = event.conversation_id or result.conversation_id
-            kind = event.WhichOneof("event")
-            if kind == "transcript" and event.transcript.is_final:
-                result.transcript = event.transcript.text
-                show(f"you: {result.transcript or '(nothing heard)'}")
-            elif kind == "response_delta":
-                if not answering:
-                    show("assistant: ", end="")
-                    answering = True
-                result.answer.append(event.response_delta.text)
-                show(event.response_delta.text, end="")
-            elif kind == "audio":
-                result.audio.append(event.audio.chunk)
-            elif kind == "degraded":
-                result.degraded.append(event.degraded.message)
-            elif kind in ("turn_completed", "turn_interrupted"):
-                result.turn = getattr(event, kind).turn
-            elif kind == "turn_failed":
-                result.turn = event.turn_failed.turn
-                result.error = event.turn_failed.message
-            elif kind == "error":
-                result.error = event.error.message
-            if kind in ("turn_completed", "turn_interrupted", "turn_failed", "error"):
-                turn_over.set()
+            requests(args, audio, opened, turn_over), timeout=args.timeout)
+        try:
+            async for event in call:
+                answering = handle(event, result, answering)
+                if event.WhichOneof("event") == "conversation_opened":
+                    opened.set()
+                if result.turn is not None or result.error:
+                    turn_over.set()
+        finally:
+            turn_over.set()
+            opened.set()
     if answering:
         show("")
     return result
+
+
+def handle(event: assistant_pb2.ConverseResponse, result: TurnResult, answering: bool) -> bool:
+    """Record and print one event; returns whether the answer line has been started."""
+    result.conversation_id = event.conversation_id or result.conversation_id
+    kind = event.WhichOneof("event")
+    if kind == "transcript" and event.transcript.is_final:
+        result.transcript = event.transcript.text
+        show(f"you: {result.transcript or '(nothing heard)'}")
+    elif kind == "response_delta":
+        if not answering:
+            show("assistant: ", end="")
+            answering = True
+        result.answer.append(event.response_delta.text)
+        show(event.response_delta.text, end="")
+    elif kind == "audio":
+        result.audio.append(event.audio.chunk)
+    elif kind == "degraded":
+        result.degraded.append(event.degraded.message)
+    elif kind in ("turn_completed", "turn_interrupted"):
+        result.turn = getattr(event, kind).turn
+    elif kind == "turn_failed":
+        result.turn = event.turn_failed.turn
+        result.error = event.turn_failed.message or "the turn failed"
+    elif kind == "error":
+        result.error = event.error.message or "the server reported an error"
+    return answering
 
 
 def answer_wav(chunks: list[audio_pb2.AudioChunk]) -> bytes:
