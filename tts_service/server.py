@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 import grpc
 from grpc import aio
+from prometheus_client import Counter, Histogram
 
 from tts_service.encoding import ResponseEncoder
 from tts_service.engines import EngineError
@@ -29,6 +30,11 @@ from voicebus.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 _END = object()
+
+FIRST_CHUNK_SECONDS = Histogram("voicebus_tts_first_chunk_seconds", "First complete sentence → its audio "
+                                "message, by engine", ["engine"], buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5))
+SENTENCES_SPOKEN = Counter("voicebus_tts_sentences_total", "Sentences spoken, by engine and whether it was a "
+                           "fallback", ["engine", "fallback"])
 
 
 class _TextFeed:
@@ -165,6 +171,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         started, first_chunk, sequence, seconds = time.monotonic(), None, 0, 0.0
         last: tts_pb2.SpokenSentence | None = None
         async for index, text in sentences:
+            sentence_at = time.monotonic()  # streamed text: the time spent waiting for it is not ours
             with _tracer.start_as_current_span("tts.sentence", attributes={
                     "tts.engine": plan.current_voice.engine, "tts.voice": plan.current_voice.name,
                     "tts.sentence_index": index, "tts.chars": len(text)}):
@@ -182,7 +189,10 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                                            duration_seconds=duration),
                 sentence_index=index, text=text, engine=spoken.voice.engine, voice=spoken.voice.name,
                 fallback_used=spoken.fallback_used)
-            first_chunk = first_chunk or time.monotonic() - started
+            if first_chunk is None:
+                first_chunk = time.monotonic() - sentence_at
+                FIRST_CHUNK_SECONDS.labels(spoken.voice.engine).observe(first_chunk)
+            SENTENCES_SPOKEN.labels(spoken.voice.engine, str(spoken.fallback_used).lower()).inc()
             sequence, seconds = sequence + 1, seconds + duration
             yield last
         closing = await asyncio.to_thread(encoder.finish)
