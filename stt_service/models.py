@@ -53,6 +53,8 @@ def resolve_model(spec: str, data_dir: Path, cache_dir: Path | None = None) -> t
     if spec == "base":
         return spec, base_dir(data_dir)
     path = Path(spec).expanduser()
+    if not path.exists() and spec.startswith(("/", ".", "~")):  # a path, not a hub id like org/name
+        raise ModelNotInstalled(f"the model folder '{spec}' does not exist")
     if path.is_dir():
         if not (path / "model.bin").exists():
             raise ModelNotInstalled(f"'{path}' has no model.bin: not a CTranslate2 Whisper model folder")

