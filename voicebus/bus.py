@@ -73,7 +73,7 @@ class EventBus:
         while self.nc is None:
             try:
                 self.nc = await nats.connect(
-                    self.url, name=self.name, allow_reconnect=True, max_reconnect_attempts=-1,
+                    [u.strip() for u in self.url.split(",") if u.strip()], name=self.name, allow_reconnect=True, max_reconnect_attempts=-1,
                     reconnect_time_wait=1, connect_timeout=2, error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected)
             except Exception as exc:  # noqa: BLE001 - any failure means "try again later"

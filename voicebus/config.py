@@ -28,7 +28,8 @@ class CommonSettings(BaseSettings):
     auth_token: SecretStr | None = Field(
         None, description="Bearer token required on the gateway and every gRPC service; unset = no auth."
     )
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server for events and heartbeats.")
+    nats_url: str = Field("nats://127.0.0.1:4222",
+                          description="NATS server(s) for events and heartbeats (comma-separated for a cluster).")
     heartbeat_seconds: float = Field(2.0, description="Interval between service heartbeats on NATS.")
     shutdown_grace_seconds: float = Field(5.0, description="In-flight calls may finish this long after SIGTERM.")
     trace_view: bool = Field(True, description="Forward spans over NATS to the gateway's /debug/traces view.")

@@ -50,7 +50,13 @@ def announced_address(bind_address: str, announce_host: str | None) -> str:
 def grpc_options(settings: CommonSettings) -> list[tuple[str, int]]:
     size = settings.grpc_max_message_mb * 1024 * 1024
     return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-            ("grpc.so_reuseport", 0)]
+            ("grpc.so_reuseport", 0),
+            # Clients ping idle channels every 10 s (voicebus.grpc_client) so that a dead peer is
+            # noticed before a turn needs it; servers must accept that instead of answering
+            # GOAWAY "too_many_pings" (gRPC's default allows one idle ping per 5 minutes).
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+            ("grpc.http2.max_ping_strikes", 0)]
 
 
 class LoadTracker(aio.ServerInterceptor):
