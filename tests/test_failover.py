@@ -57,7 +57,7 @@ async def converse_text(address: str, text: str) -> list[assistant_pb2.ConverseR
 async def test_killed_stt_instance_mid_conversation(services, tmp_path):
     # Both instances must be known before one dies.
     await asyncio.sleep(1.5)
-    path = espeak_wav("What is the capital of France?", tmp_path / "q.wav")
+    path = espeak_wav("What is the capital of France?", tmp_path / "q.wav", speed=170)
     with wave.open(str(path)) as w:
         pcm, rate = w.readframes(w.getnframes()), w.getframerate()
     events: list[assistant_pb2.ConverseResponse] = []

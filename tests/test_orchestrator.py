@@ -48,7 +48,7 @@ def stack(nats_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def question_pcm(tmp_path_factory):
-    path = espeak_wav(QUESTION, tmp_path_factory.mktemp("speech") / "question.wav")
+    path = espeak_wav(QUESTION, tmp_path_factory.mktemp("speech") / "question.wav", speed=170)
     with wave.open(str(path)) as w:
         return w.readframes(w.getnframes()), w.getframerate()
 
@@ -95,7 +95,7 @@ async def test_spoken_question_is_answered_stored_and_announced(stack, question_
         step = rate // 10 * 2  # 100 ms of 16-bit samples
         for i in range(0, len(pcm), step):
             yield assistant_pb2.ConverseRequest(audio=pcm[i:i + step])
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)  # real time, as a microphone sends it
         yield assistant_pb2.ConverseRequest(end_of_audio=assistant_pb2.EndOfAudio())
 
     async with channel:
