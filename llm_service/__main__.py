@@ -46,6 +46,7 @@ def build_providers(settings: LlmSettings) -> list[Provider]:
                 model_name, path = resolve_model(settings.llm_local_model, settings.data_dir)
                 providers.append(LocalModel(model_name, path, threads=settings.llm_threads,
                                             context_tokens=settings.llm_context_tokens,
+                                            reuse_prefix=settings.llm_reuse_prompt_prefix,
                                             prompt_cache_mib=settings.llm_prompt_cache_mib))
             except ModelNotInstalled as exc:
                 raise SystemExit(f"llm: {exc} (or leave `local` out of VOICEBUS_LLM_PROVIDERS)") from None

@@ -85,7 +85,8 @@ class LocalModel(OpenAICompatibleProvider):
 
     name = "local"
 
-    def __init__(self, name: str, path: Path, *, threads: int, context_tokens: int, prompt_cache_mib: int) -> None:
+    def __init__(self, name: str, path: Path, *, threads: int, context_tokens: int, reuse_prefix: bool = True,
+                 prompt_cache_mib: int = 256) -> None:
         import xllamacpp
 
         params = xllamacpp.CommonParams()
@@ -96,7 +97,10 @@ class LocalModel(OpenAICompatibleProvider):
         # batches, so smaller batches free the CPU sooner (at a small cost in throughput).
         params.n_batch = params.n_ubatch = 256
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = max(1, threads)
-        params.cache_ram_mib = prompt_cache_mib
+        # llama.cpp keeps the KV cache of the last prompt and reuses its longest common start;
+        # prompts of other conversations are parked in RAM (cache_ram) and restored when they return.
+        params.cache_prompt = reuse_prefix
+        params.cache_ram_mib = prompt_cache_mib if reuse_prefix else 0
         params.verbosity = 2  # llama.cpp writes its own lines to stderr: 2 = warnings and errors only
         key = secrets.token_urlsafe(24)
         params.api_keys = [key]

@@ -36,8 +36,6 @@ class Completion:
 class Sampling:
     max_tokens: int
     temperature: float
-    # Let the runtime reuse the KV cache of a matching prompt prefix (off only to measure it).
-    cache_prompt: bool = True
 
 
 StreamItem = str | Completion
@@ -85,8 +83,6 @@ class OpenAICompatibleProvider(Provider):
         body = {"model": model, "messages": [m.as_dict() for m in messages], "stream": True,
                 "stream_options": {"include_usage": True}, "max_tokens": sampling.max_tokens,
                 "temperature": sampling.temperature, **self.extra_body}
-        if not sampling.cache_prompt:
-            body["cache_prompt"] = False
         completion = Completion()
         try:
             async with self._client.stream("POST", self.url, json=body) as response:

@@ -339,6 +339,32 @@ async def test_list_models(stub):
 
 # -- Configuration --------------------------------------------------------------
 
+async def test_openai_compatible_provider(nats_server, fake_groq, tmp_path):
+    port = free_port()
+    env = service_env(nats_server.url, tmp_path, port, VOICEBUS_LLM_PROVIDERS="openai",
+                      VOICEBUS_OPENAI_BASE_URL=fake_groq.url + "/openai/v1", VOICEBUS_OPENAI_MODEL="served-model",
+                      VOICEBUS_OPENAI_API_KEY="other-key")
+    proc = ServiceProcess("llm_service", f"127.0.0.1:{port}", env, name="llm-openai")
+    try:
+        proc.wait_healthy()
+        async with grpc.aio.insecure_channel(proc.address) as channel:
+            stub = llm_pb2_grpc.LanguageModelStub(channel)
+            deltas, done = await generate(stub, ask())
+            assert "".join(deltas) == fake_groq.answer and (done.provider, done.model) == ("openai", "served-model")
+            sent = fake_groq.requests[-1]
+            assert sent["authorization"] == "Bearer other-key" and sent["body"]["model"] == "served-model"
+            fake_groq.mode = "500"
+            _, error = await generate_error(stub, ask())
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "openai: HTTP 500: Internal Server Error" in error.details()
+            fake_groq.mode = "drop"
+            deltas, error = await generate_error(stub, ask())
+            assert len(deltas) == 3 and error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "openai failed after the answer had started" in error.details()
+    finally:
+        proc.stop()
+
+
 async def test_without_a_groq_key_groq_is_skipped_with_one_warning(nats_server, tmp_path):
     port = free_port()
     proc = ServiceProcess("llm_service", f"127.0.0.1:{port}", service_env(nats_server.url, tmp_path, port),
