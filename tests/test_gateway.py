@@ -128,6 +128,22 @@ def test_delete_conversation_then_404(client):
                  404, "not_found")
 
 
+def test_second_turn_in_a_busy_conversation_is_409(client, stack):
+    cid = client.post("/api/chat", headers=AUTH, json={"text": "Hi.", "synthesize_audio": False}).json()[
+        "conversation_id"]
+
+    async def both() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=stack.base, headers=AUTH, timeout=180) as c:
+            long = asyncio.create_task(c.post("/api/chat", json={
+                "text": "Tell me a long story about a dragon and a knight.", "conversation_id": cid}))
+            await asyncio.sleep(0.3)  # the first turn is running now (LLM + speech take seconds)
+            return await c.post("/api/chat", json={"text": "Hi.", "conversation_id": cid}), await long
+
+    second, first = asyncio.run(both())
+    assert_error(second, 409, "aborted")
+    assert first.status_code == 200, first.text
+
+
 # ---- bad input: a 4xx JSON error each, and the gateway keeps serving -----------------------
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n" * 20
 OVERSIZE = b"RIFF" + b"\0" * int(UPLOAD_LIMIT_MB * 1024 * 1024 * 1.2)
@@ -179,7 +195,7 @@ def test_token_required_except_page_and_probes(client, headers):
     assert_error(client.post("/api/chat", headers={**headers, "Content-Type": "application/json"}, content=b"{"),
                  401, "unauthenticated")
     assert_error(client.post("/api/process_audio", headers=headers, content=OVERSIZE), 401, "unauthenticated")
-    for path in ("/", "/static/app.js", "/static/style.css", "/healthz", "/docs", "/openapi.json"):
+    for path in ("/", "/static/app.js", "/static/audio.js", "/static/style.css", "/healthz", "/docs", "/openapi.json"):
         assert client.get(path).status_code == 200, path
     assert client.get("/readyz").status_code in (200, 503)
 

@@ -60,48 +60,12 @@
     return reply.status === 204 ? null : reply.json();
   }
 
-  // ---- audio out: PCM16 chunks scheduled back to back with Web Audio ----------
-  const player = {
-    ctx: null, nextTime: 0, sources: new Set(),
-    unlock() {
-      if (!this.ctx) this.ctx = new (window.AudioContext || window.webkitAudioContext)();
-      if (this.ctx.state === "suspended") this.ctx.resume();
-    },
-    get playing() { return this.sources.size > 0; },
-    async play(header, data) {
-      this.unlock();
-      let buffer;
-      if (header.encoding === "pcm16") {
-        const samples = new Int16Array(data, 0, data.byteLength >> 1);
-        if (!samples.length) return;
-        buffer = this.ctx.createBuffer(1, samples.length, header.sample_rate || 22050);
-        const channel = buffer.getChannelData(0);
-        for (let i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
-      } else {
-        buffer = await this.ctx.decodeAudioData(data.slice(0));
-      }
-      const source = this.ctx.createBufferSource();
-      source.buffer = buffer;
-      source.connect(this.ctx.destination);
-      const at = Math.max(this.ctx.currentTime + 0.02, this.nextTime);
-      source.start(at);
-      this.nextTime = at + buffer.duration;
-      this.sources.add(source);
-      vb.chunksScheduled++;
-      source.onended = () => {
-        this.sources.delete(source);
-        vb.chunksPlayed++;
-        if (!this.sources.size && vb.state === "speaking" && !turnRunning) setState("idle");
-      };
-    },
-    stop() {
-      for (const source of this.sources) {
-        source.onended = null;
-        try { source.stop(); } catch (_) { /* not started yet */ }
-      }
-      this.sources.clear();
-      this.nextTime = 0;
-    },
+  // ---- audio out: PCM16 chunks scheduled back to back (audio.js) -------------
+  const player = new window.VoicebusAudio.ChunkPlayer();
+  player.onChunkScheduled = () => { vb.chunksScheduled++; };
+  player.onChunkPlayed = (allDone) => {
+    vb.chunksPlayed++;
+    if (allDone && vb.state === "speaking" && !turnRunning) setState("idle");
   };
 
   // ---- the WebSocket --------------------------------------------------------------
@@ -361,14 +325,7 @@
   let recorder = null;
   let holding = false;
 
-  function recorderFormat() {
-    const options = [["audio/webm;codecs=opus", "webm"], ["audio/webm", "webm"], ["audio/ogg;codecs=opus", "ogg"],
-      ["audio/mp4", "auto"]];
-    for (const [mimeType, format] of options) {
-      if (window.MediaRecorder && MediaRecorder.isTypeSupported(mimeType)) return { mimeType, format };
-    }
-    return { mimeType: "", format: "auto" };
-  }
+  const recorderFormat = window.VoicebusAudio.recorderFormat;
 
   async function startTalking() {
     if (holding) return;
