@@ -216,6 +216,14 @@ def test_orchestrator_down_is_503(stack):
             assert c.get("/healthz").status_code == 200
             ready = c.get("/readyz")
             assert ready.status_code == 503 and ready.json()["services"]["orchestrator"]["status"] != "SERVING"
+
+        async def ws_start() -> dict:
+            async with connect(base.replace("http://", "ws://") + "/ws", additional_headers=AUTH) as ws:
+                await ws.send(json.dumps({"type": "start"}))
+                return json.loads(await asyncio.wait_for(ws.recv(), 30))
+
+        event = asyncio.run(ws_start())
+        assert (event["type"], event["code"], event["status"], event["fatal"]) == ("error", "unavailable", 503, True)
     finally:
         proc.stop()
 
@@ -358,6 +366,8 @@ async def test_ws_bad_messages_are_error_events_not_disconnects(stack):
         await ws.send(json.dumps({"type": "start", "conversation_id": "missing"}))
         gone = json.loads(await ws.recv())
         assert (gone["type"], gone["code"], gone["status"], gone["fatal"]) == ("error", "not_found", 404, True)
+        await ws.send(json.dumps({"type": "text", "text": "Hello?"}))  # needs a new start first
+        assert json.loads(await ws.recv())["code"] == "no_stream"
         await ws.send(json.dumps({"type": "start"}))
         assert json.loads(await ws.recv())["type"] == "conversation_opened"
         await ws.send(json.dumps({"type": "text", "text": "Hi!"}))

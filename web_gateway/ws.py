@@ -49,6 +49,10 @@ class ConverseBridge:
         self.reader: asyncio.Task[None] | None = None
         self.turn_clock: float | None = None  # when the user finished (end_of_audio / text)
         self.first_audio_seen: set[str] = set()
+        # After a stream ended in error, audio and text wait for a new `start`: a client still
+        # streaming its microphone would otherwise reopen (and fail) four times a second.
+        self.stream_failed = False
+        self.told_to_restart = False
 
     # ---- WebSocket side -------------------------------------------------------------
     async def send_json(self, event: dict[str, Any], data: bytes | None = None) -> None:
@@ -75,8 +79,8 @@ class ConverseBridge:
     async def on_audio(self, data: bytes) -> None:
         if not data:
             return
-        await self.ensure_stream()
-        await self.put(assistant_pb2.ConverseRequest(audio=data))
+        if await self.ensure_stream():
+            await self.put(assistant_pb2.ConverseRequest(audio=data))
 
     async def on_control(self, raw: str) -> None:
         try:
@@ -100,8 +104,8 @@ class ConverseBridge:
                 await self.send_json(_error_event("empty_text", 422, "`text` must be a non-empty string"))
                 return
             self.turn_clock = time.perf_counter()
-            await self.ensure_stream()
-            await self.put(assistant_pb2.ConverseRequest(text=text.strip()))
+            if await self.ensure_stream():
+                await self.put(assistant_pb2.ConverseRequest(text=text.strip()))
         elif kind == "ping":
             await self.send_json({"type": "pong"})
         else:
@@ -117,6 +121,7 @@ class ConverseBridge:
             await self.send_json(_error_event("invalid_start", 422, text))
             return
         self.traceparent = str(message.get("traceparent") or "")
+        self.stream_failed = False
         await self.close_stream(cancel=True)
         await self.open_stream()
 
@@ -138,9 +143,18 @@ class ConverseBridge:
         if self.queue is not None:
             await self.queue.put(request)
 
-    async def ensure_stream(self) -> None:
-        if self.call is None:
-            await self.open_stream()
+    async def ensure_stream(self) -> bool:
+        """Open the stream if needed; False when the client must send `start` first."""
+        if self.call is not None:
+            return True
+        if self.stream_failed:
+            if not self.told_to_restart:
+                self.told_to_restart = True
+                await self.send_json(_error_event("no_stream", 409, "the conversation stream ended (see the error "
+                                                                    "before); send a start message to go on"))
+            return False
+        await self.open_stream()
+        return True
 
     async def open_stream(self) -> None:
         queue: asyncio.Queue[assistant_pb2.ConverseRequest | None] = asyncio.Queue()
@@ -181,6 +195,7 @@ class ConverseBridge:
             if exc.code() == grpc.StatusCode.CANCELLED and self.call is not call:
                 return  # we cancelled it (a new start, or the socket closed)
             err = from_grpc(exc)
+            self.stream_failed, self.told_to_restart = True, False
             with contextlib.suppress(Exception):
                 await self.send_json(_error_event(err.code, err.status, err.message, fatal=True))
         except Exception:  # the socket went away while we were sending: nothing to tell
