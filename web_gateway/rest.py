@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from web_gateway.convert import (MIME_TYPES, OUTCOMES, conversation_json, degrad
                                  input_format, looks_like_audio, providers_json, timings_json)
 from web_gateway.errors import ApiError
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")
 
 AUDIO_FORMATS = "WAV, WebM/Opus, Ogg/Opus, MP3, FLAC, M4A, or PCM16 with ?format=pcm16&sample_rate=N"
@@ -84,6 +86,9 @@ async def _run_turn(request: Request, route: str, turn_request: assistant_pb2.Pr
     request.app.state.metrics.turns.labels(route, outcome).inc()
     timings = timings_json(turn.timings)
     timings["gateway_seconds"] = round(time.perf_counter() - started, 4)
+    log.info("turn", extra={"fields": {"route": route, "conversation_id": turn.conversation_id,
+                                       "turn_id": turn.turn_id, "outcome": outcome,
+                                       "seconds": timings["gateway_seconds"]}})
     return {
         "conversation_id": turn.conversation_id, "turn_id": turn.turn_id,
         "transcript": turn.user_text, "response": turn.assistant_text,
