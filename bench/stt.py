@@ -26,7 +26,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from common import NatsServer, ServiceProcess, free_port, percentile, summary  # sets sys.path
+from common import NatsServer, ServiceProcess, free_port, summary  # sets sys.path
 
 from helpers import word_error_rate
 from stt_support import SENTENCES, pcm16, pcm_config, run_stream, silence, speech, split

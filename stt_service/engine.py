@@ -228,17 +228,24 @@ def repeats_itself(text: str) -> bool:
     return half >= 2 and words[:half] == words[half:2 * half]
 
 
+@dataclass
+class _Job:
+    future: asyncio.Future[Any]
+    run: Callable[[], Any]
+    state: str = "waiting"  # waiting → running → done, or waiting → dropped (its caller gave up)
+
+
 class InferenceQueue:
     """One worker thread, jobs by priority: a stream's final overtakes a whole file waiting to
     be transcribed (a person is waiting for the final). At most `max_waiting` jobs wait
-    behind the running one."""
+    behind the running one; a job whose caller gives up before it starts leaves at once."""
 
     def __init__(self, max_waiting: int) -> None:
         self.max_waiting = max_waiting
         self.in_flight = 0  # running + waiting; only touched on the event loop
-        self._heap: list[tuple[int, int, asyncio.Future[Any], Callable[[], Any]]] = []
+        self._heap: list[tuple[int, int, _Job]] = []
         self._order = itertools.count()
-        self._ready = threading.Condition()
+        self._lock = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._work, name="whisper", daemon=True)
         self._thread.start()
@@ -258,52 +265,59 @@ class InferenceQueue:
 
     def submit(self, fn: Callable[..., Any], *args: Any, priority: int = Priority.FILE,
                **kwargs: Any) -> asyncio.Future[Any]:
-        """Queue a job now (or raise Overloaded); await the returned future for its result."""
+        """Queue a job now (or raise Overloaded); await the returned future for its result.
+        Cancelling the future withdraws the job if it has not started yet."""
         self.check_room()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        job = _Job(asyncio.get_running_loop().create_future(), functools.partial(fn, *args, **kwargs))
         self.in_flight += 1
-        with self._ready:
-            heapq.heappush(self._heap, (priority, next(self._order), future, functools.partial(fn, *args, **kwargs)))
-            self._ready.notify()
-        return future
+        job.future.add_done_callback(lambda _: self._withdraw(job))
+        with self._lock:
+            heapq.heappush(self._heap, (priority, next(self._order), job))
+            self._lock.notify()
+        return job.future
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self.submit(fn, *args, **kwargs)
 
+    def _withdraw(self, job: _Job) -> None:
+        if not job.future.cancelled():
+            return
+        with self._lock:
+            if job.state != "waiting":
+                return  # running: the worker settles the count when it ends
+            job.state = "dropped"
+        self.in_flight -= 1
+
     def _work(self) -> None:
         while True:
-            with self._ready:
-                self._ready.wait_for(lambda: self._heap or self._stopped)
+            with self._lock:
+                self._lock.wait_for(lambda: self._heap or self._stopped)
                 if self._stopped:
                     return
-                _, _, future, job = heapq.heappop(self._heap)
-            loop = future.get_loop()
-            if future.cancelled():  # its caller gave up while it waited
-                self._post(loop, self._settle, future, None, None)
-                continue
+                _, _, job = heapq.heappop(self._heap)
+                if job.state == "dropped":
+                    continue
+                job.state = "running"
             try:
-                result, error = job(), None
+                result, error = job.run(), None
             except Exception as exc:
                 result, error = None, exc
-            self._post(loop, self._settle, future, result, error)
+            try:
+                job.future.get_loop().call_soon_threadsafe(self._settle, job, result, error)
+            except RuntimeError:  # the loop is gone: the process is stopping
+                pass
 
-    @staticmethod
-    def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is gone: the process is stopping
-            pass
-
-    def _settle(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    def _settle(self, job: _Job, result: Any, error: BaseException | None) -> None:
+        job.state = "done"
         self.in_flight -= 1
-        if future.done():
+        if job.future.done():
             return
         if error is not None:
-            future.set_exception(error)
+            job.future.set_exception(error)
         else:
-            future.set_result(result)
+            job.future.set_result(result)
 
     def shutdown(self) -> None:
-        with self._ready:
+        with self._lock:
             self._stopped = True
-            self._ready.notify_all()
+            self._lock.notify_all()

@@ -176,7 +176,8 @@ class StreamingRecognizer:
             u.silence_from = u.speech_end
         silence = position + WINDOW - u.speech_end
         if silence >= min(self.o.end_of_utterance, SPECULATE) and not self._covers(u, u.latest):
-            if self.jobs.has_room:
+            # Only with a slot to spare: a guess must not take the room another stream's final needs.
+            if self.jobs.in_flight < self.jobs.max_waiting or self.jobs.idle:
                 self._launch(u, position + WINDOW, final=True)
         if silence >= self.o.end_of_utterance:
             await self._finish(u)
@@ -205,6 +206,8 @@ class StreamingRecognizer:
                 and d.end >= min(u.speech_end + POST_ROLL, self.buffer.end))
 
     def _launch(self, u: Utterance, end: int, final: bool) -> Decode:
+        if u.latest is not None and not u.latest.future.done():
+            u.latest.future.cancel()  # superseded: leaves the queue if it has not started
         audio = self.buffer.slice(u.audio_start, end)
         timestamps = audio.size > self.o.commit_after
         window = None if timestamps else self.engine.window_for(audio.size / WHISPER_RATE, self.o.min_window)
