@@ -3,8 +3,9 @@ port, real Piper and pyttsx3/espeak-ng, and faster-whisper (tiny.en) listening b
 
 The audio check: each synthesized sentence is transcribed and must match its text with a
 word error rate of at most MAX_WER (0.2: one word in five). The sentences were chosen so
-that both engines and tiny.en get them right (they all score 0.0 here); a wrong, mixed
-or truncated audio scores far above 0.2.
+that both engines and tiny.en get them right (each scored 0.0 in 8 espeak-ng and 8 Piper
+runs here; sentences such as "...start tonight?" heard as "...start to hide?" were
+dropped); a wrong, mixed or truncated audio scores far above 0.2.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ PCM16, WAV, MP3 = audio_pb2.AUDIO_ENCODING_PCM16, audio_pb2.AUDIO_ENCODING_WAV, 
 OGG, WEBM = audio_pb2.AUDIO_ENCODING_OGG_OPUS, audio_pb2.AUDIO_ENCODING_WEBM_OPUS
 SENTENCES = [
     "Please turn on the kitchen lights.",
-    "Please close the window in the bedroom.",
+    "Turn off the television in the living room.",
     "We will meet at the train station tomorrow morning.",
     "Can you play some music for me?",
     "Good morning, how did you sleep last night?",
@@ -196,6 +197,18 @@ async def test_hindi_is_spoken_by_the_espeak_hindi_voice(tts):
         assert (sentence.engine, sentence.voice) == ("pyttsx3", "inc/hi")
         with wave.open(io.BytesIO(sentence.audio.data)) as wav:
             assert_plausible_duration(wav.getnframes() / wav.getframerate(), sentence.text)
+
+
+@pytest.mark.parametrize("config,engine,voice", [
+    (dict(), "piper", PIPER_VOICE),
+    (dict(language_code="en-US"), "piper", PIPER_VOICE),
+    (dict(language_code="en-GB", engine="pyttsx3"), "pyttsx3", "gmw/en"),
+    (dict(language_code="fr"), "pyttsx3", "roa/fr"),  # no French Piper voice here
+    (dict(voice=ESPEAK_EN), "pyttsx3", ESPEAK_EN),  # the voice names its engine
+])
+async def test_engine_and_voice_follow_the_request(tts, config, engine, voice):
+    spoken = await synthesize(tts.address, "Bonjour." if config.get("language_code") == "fr" else "Hello.", **config)
+    assert [(s.engine, s.voice, s.fallback_used) for s in spoken] == [(engine, voice, False)]
 
 
 async def test_speaking_rate_changes_the_pace(tts):

@@ -74,21 +74,23 @@ class Speaker:
                 if not wanted or any(language_matches(code, wanted) for code in voice.language_codes)]
 
     def default_voice(self, engine: str, language: str) -> VoiceInfo | None:
-        """The engine's voice for a language: a configured one, else the closest by tag."""
+        """The engine's voice for a language, by preference: configured for that exact tag, tagged
+        exactly so, configured for its primary language ("en"), then the closest tag."""
         voices = self._engine_voices(engine)
         by_name = {v.name: v for v in voices}
-        if engine == "pyttsx3":
-            for key in (language, primary_subtag(language)):
-                if self.configured_voices.get(key) in by_name:
-                    return by_name[self.configured_voices[key]]
-        for matches in (lambda code: code == language,
-                        lambda code: language_matches(code, language),
-                        lambda code: primary_subtag(code) == primary_subtag(language)):
+        configured = self.configured_voices if engine == "pyttsx3" else {}
+
+        def tagged(matches) -> VoiceInfo | None:  # noqa: ANN001
             found = [v for v in voices if any(matches(code) for code in v.language_codes)]
-            if found:
-                # espeak names its main voice of a language after it ("roa/fr" before "roa/fr-be").
-                return min(found, key=lambda v: (v.name.rsplit("/", 1)[-1] != primary_subtag(language), len(v.name)))
-        return None
+            # espeak names its main voice of a language after it ("roa/fr" before "roa/fr-be").
+            return min(found, key=lambda v: (v.name.rsplit("/", 1)[-1] != primary_subtag(language), len(v.name)),
+                       default=None)
+
+        return (by_name.get(configured.get(language, ""))
+                or tagged(lambda code: code == language)
+                or by_name.get(configured.get(primary_subtag(language), ""))
+                or tagged(lambda code: language_matches(code, language))
+                or tagged(lambda code: primary_subtag(code) == primary_subtag(language)))
 
     def _find_voice(self, name: str, engine: str) -> VoiceInfo:
         order = [engine] if engine else [self.preferred_engine, *(e for e in ENGINES if e != self.preferred_engine)]
