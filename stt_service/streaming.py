@@ -283,6 +283,7 @@ class StreamingRecognizer:
                 # Overloaded propagates: the caller ends the stream with RESOURCE_EXHAUSTED.
                 heard = await self._launch(u, end, final=True).future
             span.set_attribute("stt.audio_seconds", (end - u.audio_start) / WHISPER_RATE)
+            span.set_attribute("stt.inference_seconds", heard.seconds)
         self._result(u, heard, is_final=True, latency=time.monotonic() - u.speech_arrival)
         self.utt, self._run_length = None, 0
         self.buffer.drop_before(u.speech_end)
