@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tts_service.encoding import OGG_OPUS, PCM16, WEBM_OPUS, UnsupportedFormat, check_format
@@ -80,7 +81,7 @@ class Speaker:
         by_name = {v.name: v for v in voices}
         configured = self.configured_voices if engine == "pyttsx3" else {}
 
-        def tagged(matches) -> VoiceInfo | None:  # noqa: ANN001
+        def tagged(matches: Callable[[str], bool]) -> VoiceInfo | None:
             found = [v for v in voices if any(matches(code) for code in v.language_codes)]
             # espeak names its main voice of a language after it ("roa/fr" before "roa/fr-be").
             return min(found, key=lambda v: (v.name.rsplit("/", 1)[-1] != primary_subtag(language), len(v.name)),
