@@ -76,8 +76,9 @@ Global___AudioFormat: _TypeAlias = AudioFormat  # noqa: Y015
 
 @_typing.final
 class AudioChunk(_message.Message):
-    """A piece of an audio stream. For containers (WAV, MP3, Ogg, WebM) the chunks of one
-    stream concatenate to one valid file; for PCM16 they are plain sample runs.
+    """A piece of an audio stream. For PCM16, plain sample runs. For containers, what one
+    chunk holds is part of each RPC's contract (see tts.proto: e.g. one WAV file per
+    sentence, but one continuous Ogg/WebM file over a response).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
