@@ -5,8 +5,8 @@
 1. Single questions (default system prompt, max 128 tokens): time to first token, time to
    the first speakable piece and to the first whole sentence (what the orchestrator sends
    to TTS, cut by voicebus.text.SentenceSplitter), and generation speed in tokens/s
-   (completion tokens / (total - first token)). The first question after start processes
-   the system prompt from scratch ("cold"); later ones find it cached.
+   (completion tokens / (total - first token)). The service warms up at start (one tiny
+   request with the default system prompt), so even the first question finds it cached.
 2. A 5-turn conversation, each turn carrying the whole history so far (the previous
    answers are the model's own), run twice on the same model: with prompt-prefix reuse
    (the default) and with it off (VOICEBUS_LLM_REUSE_PROMPT_PREFIX=false). Per turn: prompt
@@ -90,10 +90,10 @@ def start_service(nats_url: str, data_dir: str, model: str, threads: int, reuse:
 async def single_questions(stub: llm_pb2_grpc.LanguageModelStub, count: int) -> None:
     runs = [await measure(stub, [common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=q)])
             for q in QUESTIONS[:count]]
-    cold, warm = runs[0], runs[1:]
-    print(f"cold start (system prompt not cached): first token {cold.first_token:.3f}s, "
-          f"prompt {cold.done.usage.prompt_tokens} tokens, cached {cold.done.usage.cached_prompt_tokens}")
-    print(summary("first token (system prompt cached)", [r.first_token for r in warm]))
+    first, warm = runs[0], runs[1:]
+    print(f"first question after start: first token {first.first_token:.3f}s, "
+          f"prompt {first.done.usage.prompt_tokens} tokens, cached {first.done.usage.cached_prompt_tokens}")
+    print(summary("first token", [r.first_token for r in warm]))
     print(summary("first speakable piece (clause or sentence)", [r.first_piece for r in warm]))
     print(summary("first whole sentence", [r.first_sentence for r in warm]))
     print(summary("whole answer", [r.total for r in warm]))
@@ -118,7 +118,7 @@ async def conversation(stub: llm_pb2_grpc.LanguageModelStub) -> list[Measured]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b", help="VOICEBUS_LLM_LOCAL_MODEL for the service")
-    parser.add_argument("--questions", type=int, default=6, help="single questions (the first is the cold one)")
+    parser.add_argument("--questions", type=int, default=6, help="single questions (the first is reported apart)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     nats = NatsServer()

@@ -9,6 +9,7 @@ import logging
 from grpc import aio
 
 from llm_service.local_model import LocalModel, resolve_model
+from llm_service.prompting import system_prompt
 from llm_service.providers import GroqProvider, OpenAICompatibleProvider, Provider
 from llm_service.server import LanguageModelService
 from llm_service.settings import LlmSettings
@@ -44,12 +45,14 @@ def build_providers(settings: LlmSettings) -> list[Provider]:
         else:
             try:
                 model_name, path = resolve_model(settings.llm_local_model, settings.data_dir)
-                providers.append(LocalModel(model_name, path, threads=settings.llm_threads,
-                                            context_tokens=settings.llm_context_tokens,
-                                            reuse_prefix=settings.llm_reuse_prompt_prefix,
-                                            prompt_cache_mib=settings.llm_prompt_cache_mib))
+                local = LocalModel(model_name, path, threads=settings.llm_threads,
+                                   context_tokens=settings.llm_context_tokens,
+                                   reuse_prefix=settings.llm_reuse_prompt_prefix,
+                                   prompt_cache_mib=settings.llm_prompt_cache_mib)
             except ModelNotInstalled as exc:
                 raise SystemExit(f"llm: {exc} (or leave `local` out of VOICEBUS_LLM_PROVIDERS)") from None
+            local.warm_up(system_prompt("en"))  # the start shared by every language's default prompt
+            providers.append(local)
     for provider in providers:
         if provider.unavailable_reason:
             log.warning("provider %s skipped: %s", provider.name, provider.unavailable_reason,

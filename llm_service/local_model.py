@@ -118,6 +118,14 @@ class LocalModel(OpenAICompatibleProvider):
         log.info("local model loaded", extra={"fields": {
             "model": name, "path": str(path), "seconds": round(time.monotonic() - started, 2)}})
 
+    def warm_up(self, system_prompt: str) -> None:
+        """Answer one tiny request at start: the first request pays llama.cpp's one-time setup
+        (about 0.7 s here), and the system prompt is then already cached for real ones."""
+        started = time.monotonic()
+        self._server.handle_chat_completions({"messages": [{"role": "system", "content": system_prompt},
+                                                           {"role": "user", "content": "Hello"}], "max_tokens": 1})
+        log.info("local model warmed up", extra={"fields": {"seconds": round(time.monotonic() - started, 2)}})
+
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text with the model's own tokenizer (cached: history repeats every turn)."""
         counts = []
