@@ -4,7 +4,7 @@ package) on a free port, spoken to over gRPC with speech made here by espeak-ng.
 Word error rate threshold: 15 % over all sentences, and no single sentence above 34 %
 (one word in three). tiny.en scores about 5.6 % WER on LibriSpeech test-clean; espeak-ng's
 formant voice is further from what Whisper was trained on, and on these seven sentences
-we measured 3.5 % (one wrong word: "pizza" heard as "beat set"). 15 % leaves room for the
+we measured 3.5 % ("pizza" heard as "beat set": two errors in 57 words). 15 % leaves room for the
 small differences int8 kernels show between CPUs, while any real fault (wrong sample
 rate, audio cut short, a lost second of a 3 s sentence) costs 30 % or far more.
 """
