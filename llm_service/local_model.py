@@ -93,8 +93,9 @@ class LocalModel(OpenAICompatibleProvider):
         params.model.path = str(path)
         params.n_ctx = context_tokens
         params.n_parallel = 1  # two cores: one generation at a time is fastest; others queue
-        # Prompts are processed in batches of this many tokens; a cancel takes effect between
-        # batches, so smaller batches free the CPU sooner (at a small cost in throughput).
+        # Prompts are processed in batches of this many tokens and a cancel takes effect between
+        # batches. Measured here (0.5B, 1900-token prompt): the same ~145 tok/s for 128..2048, but
+        # the CPU is free again 1.5 s after a cancel with 256 against 13 s with llama.cpp's 2048.
         params.n_batch = params.n_ubatch = 256
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = max(1, threads)
         # llama.cpp keeps the KV cache of the last prompt and reuses its longest common start;
