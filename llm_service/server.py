@@ -181,8 +181,12 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
                 self._skip(plan, provider, f"no first token within {timeout:g} s" if isinstance(exc, TimeoutError)
                            else str(exc) if isinstance(exc, ProviderError) else "the stream ended without an answer")
                 continue
-            except BaseException:
-                await stream.aclose()
+            except BaseException as exc:
+                await stream.aclose()  # closing the stream stops the provider's work
+                if isinstance(exc, asyncio.CancelledError):
+                    GENERATIONS.labels(provider.name, "cancelled").inc()
+                    log.info("generation cancelled by the client before the first token",
+                             extra={"fields": {"provider": provider.name, "model": model}})
                 raise
             async with contextlib.aclosing(self._relay(provider, model, stream, first, plan, started,
                                                        request_id, context)) as responses:

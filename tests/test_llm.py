@@ -226,6 +226,24 @@ async def test_cancelling_the_stream_stops_the_generation(stub, llm):
     assert "Paris" in "".join(deltas)
 
 
+async def test_cancelling_before_the_first_token_closes_the_provider_call(stub, llm, fake_groq):
+    fake_groq.mode = "stall"
+    call = stub.Generate(ask(provider="groq", request_id="cancel-early"), timeout=60)
+    reading = asyncio.ensure_future(call.read())
+    deadline = time.monotonic() + 10
+    while not fake_groq.requests and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert fake_groq.requests, "the request did not reach Groq"
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    while time.monotonic() < deadline and "before the first token" not in llm.logs():
+        await asyncio.sleep(0.05)
+    [line] = [json.loads(line) for line in llm.logs().splitlines() if '"request_id": "cancel-early"' in line]
+    assert line["message"] == "generation cancelled by the client before the first token"
+    assert line["provider"] == "groq"
+
+
 # -- Prompting and history --------------------------------------------------
 
 @pytest.mark.parametrize("text, stt_language, answer_language, rule", [
