@@ -16,7 +16,7 @@ class LlmSettings(CommonSettings):
         "groq,local", description="Providers tried in this order, comma-separated: `groq`, `local`, `openai`. "
         "One that fails before its first token is replaced by the next within the same request.")
     llm_first_token_timeout_seconds: float = Field(
-        8.0, description="A provider with no first token after this long is skipped for the next one "
+        5.0, description="A provider with no first token after this long is skipped for the next one "
         "(not applied to the last provider of a request, which has nothing to fall back to).")
     llm_max_tokens: int = Field(256, description="Longest answer in tokens when the request leaves max_tokens at 0.")
     llm_temperature: float = Field(0.6, description="Sampling temperature when the request sets none.")
