@@ -20,6 +20,9 @@ from orchestrator.phrases import APOLOGY, PLEASE_REPEAT, phrase
 from orchestrator.registry import ServiceRegistry
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.store import ConversationStore
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
 from voicebus.logs import conversation_id_var
 from voicebus.metrics import FALLBACKS, STAGE_SECONDS, TURNS
 from voicebus.telemetry import current_trace_id, tracer
@@ -27,6 +30,7 @@ from voicebus.text import SentenceSplitter
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2, events_pb2, llm_pb2, tts_pb2
 
 log = logging.getLogger(__name__)
+_tracer = tracer("voicebus.orchestrator")
 Emit = Callable[[assistant_pb2.ConverseResponse], None]
 
 
@@ -73,7 +77,9 @@ class TurnRunner:
         self.turn.providers.fallbacks.append(f"{common_pb2.Stage.Name(stage).removeprefix('STAGE_').lower()}: "
                                              f"{message}")
         self.emit(degraded=degraded)
-        FALLBACKS.labels(stage=common_pb2.Stage.Name(stage).removeprefix("STAGE_").lower(), kind="degraded").inc()
+        stage_name = common_pb2.Stage.Name(stage).removeprefix("STAGE_").lower()
+        FALLBACKS.labels(stage=stage_name, kind="degraded").inc()
+        trace.get_current_span().add_event("degraded", {"stage": stage_name, "message": message[:300]})
         self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_STAGE_DEGRADED, self.turn, text=message, stage=stage)
 
     def _tts_config(self, language: str) -> tts_pb2.SynthesisConfig:
@@ -112,17 +118,22 @@ class TurnRunner:
             self._degrade(common_pb2.STAGE_TTS, f"no speech, text only ({exc.message})")
 
     # -- the turn ----------------------------------------------------------------------------
-    async def run(self, user: UserInput) -> assistant_pb2.Turn:
-        """Run the turn to its end; never raises (except for input errors before anything is stored)."""
-        with tracer("voicebus.orchestrator").start_as_current_span(
-                "turn", attributes={"voicebus.conversation_id": self.turn.conversation_id,
-                                    "voicebus.turn_id": self.turn.turn_id, "voicebus.input": user.source}) as span:
+    async def run(self, user: UserInput, span: Span | None = None) -> assistant_pb2.Turn:
+        """Run the turn to its end; never raises (except for input errors before anything is stored).
+
+        `span`: the turn's span when the caller started it already (a Converse stream starts it
+        in the turn's own trace); by default a child of the current span."""
+        span = span or turn_span()
+        with trace.use_span(span, end_on_exit=True):
+            span.set_attributes({"voicebus.conversation_id": self.turn.conversation_id,
+                                 "voicebus.turn_id": self.turn.turn_id, "voicebus.input": user.source})
             self.turn.trace_id = current_trace_id()
             conversation_id_var.set(self.turn.conversation_id)
+            self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_TURN_STARTED, self.turn, text=user.source)
             try:
                 await self._run(user)
             except asyncio.CancelledError:
-                span.add_event("barge-in")
+                span.add_event("barge-in", {"spoken_sentences": len(self.spoken)})
                 self.turn.outcome = assistant_pb2.TURN_OUTCOME_INTERRUPTED
                 self.turn.interrupted = True
             except Exception as exc:  # noqa: BLE001 - a turn always ends stored, never half-done
@@ -130,6 +141,10 @@ class TurnRunner:
                 self.turn.outcome = assistant_pb2.TURN_OUTCOME_FAILED
                 self.turn.error_message = f"internal error: {exc.__class__.__name__}"
             await asyncio.shield(self._finish(user))
+            outcome = assistant_pb2.TurnOutcome.Name(self.turn.outcome).removeprefix("TURN_OUTCOME_").lower()
+            span.set_attribute("voicebus.outcome", outcome)
+            if self.turn.outcome == assistant_pb2.TURN_OUTCOME_FAILED:
+                span.set_status(Status(StatusCode.ERROR, self.turn.error_message[:300]))
             return self.turn
 
     async def _run(self, user: UserInput) -> None:
@@ -199,12 +214,12 @@ class TurnRunner:
                     turn.providers.fallbacks.extend(f"llm: {f.provider} skipped ({f.reason})" for f in done.fallbacks)
             turn.timings.llm_seconds = time.monotonic() - started
             self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_RESPONSE_COMPLETED, turn, text="".join(self.sent_text))
-            if tts:
+            if tts and player and self.sent_text:
                 if not first_piece_at:
                     first_piece_at = time.monotonic()
                 tts.close()
-            if player:
                 await player
+            # With nothing to say, the idle TTS call is cancelled below.
         finally:
             if player and not player.done():
                 player.cancel()
@@ -220,10 +235,20 @@ class TurnRunner:
         else:
             turn.assistant_text = "".join(self.sent_text).strip()
         turn.timings.total_seconds = time.monotonic() - user.spoken_at
-        TURNS.labels(outcome=assistant_pb2.TurnOutcome.Name(turn.outcome).removeprefix("TURN_OUTCOME_").lower()).inc()
-        if turn.timings.first_audio_seconds:
-            STAGE_SECONDS.labels(stage="first_audio").observe(turn.timings.first_audio_seconds)
-        STAGE_SECONDS.labels(stage="turn").observe(turn.timings.total_seconds)
+        outcome = assistant_pb2.TurnOutcome.Name(turn.outcome).removeprefix("TURN_OUTCOME_").lower()
+        TURNS.labels(outcome=outcome).inc()
+        t = turn.timings
+        for stage, seconds in (("stt_final", t.stt_seconds), ("llm_first_token", t.llm_first_token_seconds),
+                               ("tts_first_chunk", t.tts_first_chunk_seconds), ("first_audio", t.first_audio_seconds),
+                               ("turn", t.total_seconds)):
+            if seconds:  # 0 = the stage did not run in this turn
+                STAGE_SECONDS.labels(stage=stage).observe(seconds)
+        # Ids, outcome and timings only: the texts stay in the store, never in a log line.
+        log.info("turn finished", extra={"fields": {
+            "turn_id": turn.turn_id, "outcome": outcome, "input": user.source,
+            "llm_provider": turn.providers.llm_provider, "tts_engine": turn.providers.tts_engine,
+            "fallbacks": len(turn.providers.fallbacks), "first_audio_seconds": round(t.first_audio_seconds, 3),
+            "total_seconds": round(t.total_seconds, 3)}})
         try:
             await self.deps.store.finish_turn(turn)
         except Exception:  # noqa: BLE001 - storage trouble is logged, the client still gets the answer
@@ -237,3 +262,8 @@ class TurnRunner:
                                                            message=turn.error_message))
         elif turn.outcome != assistant_pb2.TURN_OUTCOME_INTERRUPTED:
             self.emit(turn_completed=assistant_pb2.TurnCompleted(turn=turn))
+
+
+def turn_span(parent: object = None, links: list[trace.Link] | None = None) -> Span:
+    """A turn's span, not yet current: a child of `parent` (an OTel context; None = the current one)."""
+    return _tracer.start_span("turn", context=parent, links=links)  # type: ignore[arg-type]

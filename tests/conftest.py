@@ -7,8 +7,9 @@ import pytest
 from helpers import NatsServer
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nats_server():
+    """A NATS server per test module: services of different modules never discover each other."""
     server = NatsServer()
     yield server
     server.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from helpers import OUTPUT, ServiceProcess, espeak_wav, free_port
+from helpers import OUTPUT, NatsServer, ServiceProcess, espeak_wav, free_port
 
 TOKEN = "gateway-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -88,13 +88,17 @@ def start_stack(nats_url: str, cleanup: list) -> GatewayStack:  # noqa: ANN001
 _shared: GatewayStack | None = None
 
 
-def shared_stack(nats_url: str, config) -> GatewayStack:  # noqa: ANN001 - pytest.Config
+def shared_stack(_nats_url: str, config) -> GatewayStack:  # noqa: ANN001 - pytest.Config
     """Start the stack once per pytest process; pytest stops it when the run ends."""
     global _shared
     if _shared is None:
         stops: list = []
+        # Its own NATS: the stack lives for the whole run and must not discover (or be
+        # discovered by) other tests' services through their heartbeats.
+        nats = NatsServer()
+        stops.append(nats.stop)
         try:
-            _shared = start_stack(nats_url, stops)
+            _shared = start_stack(nats.url, stops)
         finally:
             for stop in stops:
                 config.add_cleanup(stop)
