@@ -165,9 +165,17 @@ class ConverseRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     INTERRUPT_FIELD_NUMBER: _builtins.int
     END_OF_AUDIO_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     audio: _builtins.bytes
     text: _builtins.str
     """A typed user turn."""
+    traceparent: _builtins.str
+    """W3C trace context (`00-<trace id>-<span id>-<flags>`) of the turn this message starts:
+    read on `text` and on the first `audio` of a recording (the first after the stream
+    opened or after `end_of_audio`), ignored elsewhere. The stream is long-lived, so its
+    own gRPC trace is not the turn's: with this, each turn is one trace that continues
+    the caller's (e.g. the gateway's WebSocket-turn span). Empty = a new trace per turn.
+    """
     @_builtins.property
     def config(self) -> Global___ConverseConfig: ...
     @_builtins.property
@@ -182,10 +190,11 @@ class ConverseRequest(_message.Message):
         text: _builtins.str = ...,
         interrupt: Global___Interrupt | None = ...,
         end_of_audio: Global___EndOfAudio | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "end_of_audio", b"end_of_audio", "interrupt", b"interrupt", "request", b"request", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "end_of_audio", b"end_of_audio", "interrupt", b"interrupt", "request", b"request", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "end_of_audio", b"end_of_audio", "interrupt", b"interrupt", "request", b"request", "text", b"text", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "audio", "text", "interrupt", "end_of_audio"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
