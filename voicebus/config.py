@@ -32,7 +32,9 @@ class CommonSettings(BaseSettings):
                           description="NATS server(s) for events and heartbeats (comma-separated for a cluster).")
     heartbeat_seconds: float = Field(2.0, description="Interval between service heartbeats on NATS.")
     shutdown_grace_seconds: float = Field(5.0, description="In-flight calls may finish this long after SIGTERM.")
-    trace_view: bool = Field(True, description="Forward spans over NATS to the gateway's /debug/traces view.")
+    trace_view: bool = Field(
+        True, description="Built-in trace view: every process forwards its spans over NATS and the gateway keeps "
+        "recent traces at /debug/traces (behind the token when one is set); false = neither.")
     metrics_port_offset: int = Field(
         1000, description="Each gRPC service serves Prometheus /metrics on its gRPC port plus this; 0 = off.")
     grpc_max_message_mb: int = Field(32, description="Largest gRPC message accepted or sent.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import signal
 import socket
 import uuid
@@ -20,15 +21,17 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import SecretStr
 
 from voicebus.auth import BearerAuthServerInterceptor
 from voicebus.bus import EventBus
 from voicebus.config import CommonSettings
-from voicebus.logs import setup_logging
+from voicebus.logs import request_id_var, setup_logging
 from voicebus.metrics import IN_FLIGHT, serve_metrics
 from voicebus.telemetry import grpc_server_interceptors, setup_telemetry, span_forwarder
 
 log = logging.getLogger(__name__)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 Register = Callable[[aio.Server], Iterable[str]]
 
@@ -59,6 +62,43 @@ def grpc_options(settings: CommonSettings) -> list[tuple[str, int]]:
             ("grpc.http2.max_ping_strikes", 0)]
 
 
+def around_calls(handler: Any, enter: Callable[[], None], leave: Callable[[], None]) -> Any:
+    """The same handler, with `enter()` before and `leave()` after each call (in the call's task,
+    so a context variable set by `enter` is seen by the handler)."""
+    def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        if handler.response_streaming and inspect.isasyncgenfunction(behavior):
+            async def stream_wrapper(request: Any, context: aio.ServicerContext) -> Any:
+                enter()
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                finally:
+                    leave()
+            return stream_wrapper
+
+        async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
+            enter()
+            try:
+                return await behavior(request, context)
+            finally:
+                leave()
+        return wrapper
+
+    kinds = {
+        (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    }
+    attr, make = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(wrap(getattr(handler, attr)), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+def _is_probe(method: str) -> bool:
+    return method.startswith(("/grpc.health.", "/grpc.reflection."))
+
+
 class LoadTracker(aio.ServerInterceptor):
     """Counts calls in flight (reported in heartbeats); health checks are not counted."""
 
@@ -70,45 +110,33 @@ class LoadTracker(aio.ServerInterceptor):
     def load(self) -> float:
         return self.in_flight / self.capacity
 
-    def _wrap(self, behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
-        tracker = self
-        if streaming_response and inspect.isasyncgenfunction(behavior):
-            async def stream_wrapper(request: Any, context: aio.ServicerContext) -> Any:
-                tracker.in_flight += 1
-                IN_FLIGHT.inc()
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                finally:
-                    tracker.in_flight -= 1
-                    IN_FLIGHT.dec()
-            return stream_wrapper
+    def _enter(self) -> None:
+        self.in_flight += 1
+        IN_FLIGHT.inc()
 
-        async def wrapper(request: Any, context: aio.ServicerContext) -> Any:
-            tracker.in_flight += 1
-            IN_FLIGHT.inc()
-            try:
-                return await behavior(request, context)
-            finally:
-                tracker.in_flight -= 1
-                IN_FLIGHT.dec()
-        return wrapper
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        IN_FLIGHT.dec()
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(("/grpc.health.", "/grpc.reflection.")):
+        if handler is None or _is_probe(details.method):
             return handler
-        kinds = {
-            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        }
-        attr, make = kinds[(handler.request_streaming, handler.response_streaming)]
-        return make(self._wrap(getattr(handler, attr), handler.response_streaming),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        return around_calls(handler, self._enter, self._leave)
+
+
+class RequestIdInterceptor(aio.ServerInterceptor):
+    """The caller's `x-request-id` metadata (the gateway's request id) goes into this call's
+    log lines; a service that reads a request id from the message itself may override it."""
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        request_id = next((str(v) for k, v in (details.invocation_metadata or ()) if k == "x-request-id"), "")
+        if handler is None or not request_id or _is_probe(details.method) or not _REQUEST_ID.match(request_id):
+            return handler
+        return around_calls(handler, lambda: request_id_var.set(request_id), lambda: None)
 
 
 async def run_service(
@@ -124,7 +152,7 @@ async def run_service(
     name = settings.service_name
     instance_id = f"{name}-{uuid.uuid4().hex[:8]}"
     tracker = LoadTracker(capacity)
-    interceptors: list[aio.ServerInterceptor] = [*grpc_server_interceptors(), tracker]
+    interceptors: list[aio.ServerInterceptor] = [*grpc_server_interceptors(), RequestIdInterceptor(), tracker]
     if token := settings.token():
         interceptors.insert(0, BearerAuthServerInterceptor(token))
     server = aio.server(interceptors=interceptors, options=grpc_options(settings))
@@ -164,17 +192,19 @@ async def run_service(
     for service in ["", *service_names]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     heartbeat.cancel()
-    forwarder.cancel()
     await bus.send_heartbeat(service=name, instance_id=instance_id, address=announced, capabilities=list(capabilities),
                              in_flight=tracker.in_flight, load=tracker.load, draining=True)
     await server.stop(settings.shutdown_grace_seconds)
     if on_shutdown:
         await on_shutdown()
+    forwarder.cancel()  # after the last calls ended: it sends their spans on its way out
+    await asyncio.gather(forwarder, return_exceptions=True)
     await bus.close()
     log.info("stopped")
 
 
 def start_process(settings: CommonSettings) -> None:
     """Logging and telemetry for a service process (call first in `__main__`)."""
-    setup_logging(settings.service_name, settings.log_level, settings.log_format)
+    secrets = [v.get_secret_value() for v in settings.__dict__.values() if isinstance(v, SecretStr)]
+    setup_logging(settings.service_name, settings.log_level, settings.log_format, secrets)
     setup_telemetry(settings.service_name, forward_spans=settings.trace_view)

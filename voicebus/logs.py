@@ -1,6 +1,8 @@
 """Logging: JSON lines (or plain text) on stderr, with trace and conversation ids.
 
 Secrets and audio never reach a log line: log calls pass ids and sizes, not payloads.
+As a second line of defence, the values of secret settings (the auth token, API keys)
+are masked in every line, whatever logged them (an exception message, a library).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 
 # Set by handlers for the duration of a request; copied into every log line.
 conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conversation_id", default="")
@@ -56,12 +59,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's lines with each secret replaced by `***`."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        # Short values would mask ordinary words; real tokens and keys are long.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        return line
+
+
+def setup_logging(service: str, level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter(service))
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    inner = (JsonFormatter(service) if fmt == "json"
+             else logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter(inner, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,4 +1,4 @@
-"""Prometheus metrics, defined once for every service (each process exports its own).
+"""Prometheus metrics, defined once here for every service (each process exports its own).
 
 Each gRPC service serves `/metrics` on its gRPC port plus VOICEBUS_METRICS_PORT_OFFSET;
 the gateway serves it on its own HTTP port.
@@ -14,16 +14,37 @@ log = logging.getLogger(__name__)
 
 _BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
-# stage: stt_final (end of speech -> final transcript), llm_first_token, tts_first_chunk,
-# first_audio (end of speech -> first audio sent to the client), turn (whole turn).
-STAGE_SECONDS = Histogram("voicebus_stage_seconds", "Latency of each stage of a turn", ["stage"], buckets=_BUCKETS)
-TURNS = Counter("voicebus_turns_total", "Turns by outcome", ["outcome"])
-FALLBACKS = Counter("voicebus_fallbacks_total", "Fallbacks taken (provider, instance or degraded stage)",
-                    ["stage", "kind"])
+# --- the turn, as the orchestrator sees it (one observation per turn and stage) ---------
+# stage: stt_final (end of speech -> final transcript), llm_first_token (request -> first
+# delta), tts_first_chunk (first sentence handed to TTS -> its audio), first_audio (end of
+# speech or text received -> first audio sent to the client), turn (the whole turn).
+STAGE_SECONDS = Histogram("voicebus_stage_seconds", "Latency of each stage of a turn, seen by the orchestrator",
+                          ["stage"], buckets=_BUCKETS)
+TURNS = Counter("voicebus_turns_total", "Turns by outcome (completed, failed, interrupted, no_speech)", ["outcome"])
+# stage: stt, llm, tts. kind: instance (another replica took the call), provider (an LLM
+# provider was skipped for the next one), engine (TTS fell back to another engine),
+# degraded (the stage's output was dropped: text without speech).
+FALLBACKS = Counter("voicebus_fallbacks_total", "Fallbacks taken, by stage and kind (instance, provider, engine, "
+                    "degraded)", ["stage", "kind"])
 ACTIVE_STREAMS = Gauge("voicebus_active_streams", "Open Converse streams (active conversations)")
-QUEUE_DEPTH = Gauge("voicebus_queue_depth", "Work waiting in a queue", ["queue"])
+# queue: stt_inference (decodes running or waiting for the Whisper thread), tts_synthesis
+# (sentences being synthesized or waiting for an engine).
+QUEUE_DEPTH = Gauge("voicebus_queue_depth", "Work in progress or waiting in a queue", ["queue"])
 IN_FLIGHT = Gauge("voicebus_rpc_in_flight", "gRPC calls being served")
 
+# --- inside each service ----------------------------------------------------------------
+STT_SECONDS = Histogram("voicebus_stt_seconds", "STT: end of speech -> final (kind=stream_final) or a whole file's "
+                        "transcription (kind=file)", ["kind"], buckets=_BUCKETS)
+LLM_FIRST_TOKEN_SECONDS = Histogram("voicebus_llm_first_token_seconds", "LLM: request start to first delta, by "
+                                    "provider", ["provider"],
+                                    buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
+LLM_GENERATIONS = Counter("voicebus_llm_generations_total", "LLM: generations by provider and outcome "
+                          "(completed, cancelled, failed)", ["provider", "outcome"])
+TTS_FIRST_CHUNK_SECONDS = Histogram("voicebus_tts_first_chunk_seconds", "TTS: first complete sentence -> its audio "
+                                    "message, by engine", ["engine"],
+                                    buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5))
+TTS_SENTENCES = Counter("voicebus_tts_sentences_total", "TTS: sentences spoken, by engine and whether it was a "
+                        "fallback", ["engine", "fallback"])
 
 def serve_metrics(grpc_address: str, offset: int) -> str | None:
     """Start the /metrics HTTP server beside a gRPC service; None when off or the port is taken."""

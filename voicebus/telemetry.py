@@ -7,19 +7,23 @@
 - `VOICEBUS_TRACE_VIEW` (default true): also forward spans over NATS to the gateway's
   built-in trace view (see `SpanForwarder`).
 
-Trace context crosses gRPC as metadata (the OTel gRPC interceptors) and NATS as
-message headers (`inject_headers` / `extract_context`).
+Trace context crosses gRPC as metadata (the OTel gRPC interceptors; health checks and
+reflection are not traced), NATS as message headers (`publish_span` / `consume_span`),
+and a Converse stream as `ConverseRequest.traceparent` (one trace per turn, not per stream).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections import deque
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, propagate, trace
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -46,11 +50,19 @@ class SpanForwarder(SpanProcessor):
     async def run(self, bus: EventBus, interval: float = 0.5) -> None:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-        while True:
-            await asyncio.sleep(interval)
-            batch = [self._spans.popleft() for _ in range(len(self._spans))]
-            if batch and bus.connected:
-                bus.publish(SPANS_SUBJECT, encode_spans(batch).SerializeToString())
+        def send() -> None:
+            while self._spans:
+                # At most 500 spans a message: far below NATS's 1 MB payload limit.
+                batch = [self._spans.popleft() for _ in range(min(500, len(self._spans)))]
+                if bus.connected:
+                    bus.publish(SPANS_SUBJECT, encode_spans(batch).SerializeToString())
+
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                send()
+        finally:
+            send()  # at shutdown: the last spans go out with the bus's final flush
 
     def shutdown(self) -> None:
         self._spans.clear()
@@ -108,16 +120,24 @@ def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
+def _traced_rpcs() -> Any:
+    """Probes (health checks, reflection) are not traced: they would bury the turns."""
+    from opentelemetry.instrumentation.grpc import filters
+
+    return filters.negate(filters.any_of(filters.service_prefix("grpc.health."),
+                                         filters.service_prefix("grpc.reflection.")))
+
+
 def grpc_server_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor()]
+    return [aio_server_interceptor(filter_=_traced_rpcs())]
 
 
 def grpc_client_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return list(aio_client_interceptors())
+    return list(aio_client_interceptors(filter_=_traced_rpcs()))
 
 
 def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
@@ -127,8 +147,63 @@ def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
     return carrier
 
 
-def extract_context(headers: dict[str, str] | None) -> context.Context:
-    return propagate.extract(headers or {})
+def extract_context(headers: Mapping[str, str] | None) -> context.Context:
+    return propagate.extract(dict(headers or {}))
+
+
+def context_from_traceparent(traceparent: str | None) -> context.Context | None:
+    """The context a W3C `traceparent` names, or None when it is empty or malformed."""
+    if not traceparent:
+        return None
+    ctx = propagate.extract({"traceparent": traceparent.strip()})
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+
+
+def traceparent_of(span: Span) -> str:
+    """The W3C `traceparent` that makes the next hop a child of `span`."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
+
+
+def trace_id_of(span: Span) -> str:
+    ctx = span.get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else ""
+
+
+@contextlib.contextmanager
+def attached(ctx: context.Context | None) -> Iterator[None]:
+    """Make `ctx` current for the block (tasks created inside inherit it)."""
+    if ctx is None:
+        yield
+        return
+    token = context.attach(ctx)
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+def _messaging_attributes(subject: str, operation: str) -> dict[str, str]:
+    return {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation": operation}
+
+
+@contextlib.contextmanager
+def publish_span(subject: str, name: str, headers: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """A PRODUCER span for one NATS publish; yields the headers to send (with its `traceparent`),
+    so that the consumer's span is its child."""
+    with tracer("voicebus.nats").start_as_current_span(
+            f"publish {name}", kind=SpanKind.PRODUCER, attributes=_messaging_attributes(subject, "publish")):
+        yield inject_headers(headers)
+
+
+@contextlib.contextmanager
+def consume_span(subject: str, name: str, headers: Mapping[str, str] | None) -> Iterator[Span]:
+    """A CONSUMER span continuing the trace carried in a NATS message's headers."""
+    with tracer("voicebus.nats").start_as_current_span(
+            f"receive {name}", context=extract_context(headers), kind=SpanKind.CONSUMER,
+            attributes=_messaging_attributes(subject, "receive")) as span:
+        yield span
 
 
 def current_trace_id() -> str:
