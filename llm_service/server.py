@@ -19,24 +19,20 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc import aio
-from prometheus_client import Counter, Histogram
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 
 from llm_service.local_model import LocalModel
 from llm_service.prompting import Message, TokenCounter, answer_language, estimate_tokens, system_prompt, trim_history
 from llm_service.providers import Completion, Provider, ProviderError, Sampling
 from llm_service.settings import LlmSettings
 from voicebus.logs import request_id_var
+from voicebus.metrics import FALLBACKS, LLM_FIRST_TOKEN_SECONDS, LLM_GENERATIONS
 from voicebus.telemetry import tracer
 from voicebus.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-FIRST_TOKEN_SECONDS = Histogram("voicebus_llm_first_token_seconds", "Request start to first delta, by provider",
-                                ["provider"], buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
-GENERATIONS = Counter("voicebus_llm_generations_total", "Generations by provider and outcome "
-                      "(completed, cancelled, failed)", ["provider", "outcome"])
-PROVIDER_FALLBACKS = Counter("voicebus_llm_fallbacks_total", "Providers skipped before their first token",
-                             ["provider"])
+_tracer = tracer(__name__)
 
 _ROLES = {common_pb2.ROLE_SYSTEM: "system", common_pb2.ROLE_USER: "user", common_pb2.ROLE_ASSISTANT: "assistant"}
 _FINISH = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH}
@@ -156,6 +152,23 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
         except BadRequest as exc:
             log.info("bad request", extra={"fields": {"reason": str(exc)}})
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # One span for the whole generation (attributes: who answered, tokens); a child span per
+        # provider tried, up to its first token, so a slow or failing provider shows as such.
+        span = _tracer.start_span("llm.generate", attributes={
+            "llm.language": plan.language, "llm.messages": len(plan.messages),
+            "llm.max_tokens": plan.sampling.max_tokens})
+        try:
+            async with contextlib.aclosing(self._answer(plan, started, request_id, context, span)) as responses:
+                async for response in responses:
+                    yield response
+        except aio.AbortError:
+            span.set_status(Status(StatusCode.ERROR, "aborted"))
+            raise
+        finally:
+            span.end()
+
+    async def _answer(self, plan: Plan, started: float, request_id: str, context: aio.ServicerContext,
+                      span: Span) -> AsyncIterator[llm_pb2.GenerateResponse]:
         count: TokenCounter = self.local.count_tokens if self.local else estimate_tokens
         try:
             trimmed = await trim_history(plan.messages, plan.budget, count)
@@ -165,53 +178,67 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
         if trimmed.dropped:
             log.info("history trimmed", extra={"fields": {"dropped_messages": trimmed.dropped,
                                                           "prompt_tokens": trimmed.prompt_tokens}})
+        span.set_attribute("llm.history_dropped", trimmed.dropped)
 
         for position, (provider, model) in enumerate(plan.chain):
             if provider.unavailable_reason:
-                self._skip(plan, provider, provider.unavailable_reason)
+                self._skip(plan, provider, provider.unavailable_reason, span)
                 continue
             last = position == len(plan.chain) - 1
             timeout = None if last else self.settings.llm_first_token_timeout_seconds
+            attempt = _tracer.start_span("llm.first_token", context=trace.set_span_in_context(span),
+                                         attributes={"llm.provider": provider.name, "llm.model": model})
             stream = provider.stream(trimmed.messages, model, plan.sampling)
             try:
                 async with asyncio.timeout(timeout):
                     first = await anext(stream)
             except (TimeoutError, ProviderError, StopAsyncIteration) as exc:
                 await stream.aclose()
-                self._skip(plan, provider, f"no first token within {timeout:g} s" if isinstance(exc, TimeoutError)
-                           else str(exc) if isinstance(exc, ProviderError) else "the stream ended without an answer")
+                reason = (f"no first token within {timeout:g} s" if isinstance(exc, TimeoutError)
+                          else str(exc) if isinstance(exc, ProviderError) else "the stream ended without an answer")
+                attempt.set_status(Status(StatusCode.ERROR, reason))
+                attempt.end()
+                self._skip(plan, provider, reason, span)
                 continue
             except BaseException as exc:
                 await stream.aclose()  # closing the stream stops the provider's work
+                attempt.set_attribute("llm.outcome", "cancelled")
+                attempt.end()
                 if isinstance(exc, asyncio.CancelledError):
-                    GENERATIONS.labels(provider.name, "cancelled").inc()
+                    LLM_GENERATIONS.labels(provider.name, "cancelled").inc()
+                    span.set_attribute("llm.outcome", "cancelled")
                     log.info("generation cancelled by the client before the first token",
                              extra={"fields": {"provider": provider.name, "model": model}})
                 raise
+            attempt.end()
             async with contextlib.aclosing(self._relay(provider, model, stream, first, plan, started,
-                                                       request_id, context)) as responses:
+                                                       request_id, context, span)) as responses:
                 async for response in responses:
                     yield response
             return
         reasons = "; ".join(f"{f.provider}: {f.reason}" for f in plan.fallbacks) or "no provider configured"
         log.warning("no provider answered", extra={"fields": {"reasons": reasons}})
+        span.set_attribute("llm.outcome", "failed")
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"no language model provider could answer ({reasons})")
 
-    def _skip(self, plan: Plan, provider: Provider, reason: str) -> None:
+    def _skip(self, plan: Plan, provider: Provider, reason: str, span: Span) -> None:
         plan.fallbacks.append(llm_pb2.ProviderFallback(provider=provider.name, reason=reason))
-        PROVIDER_FALLBACKS.labels(provider.name).inc()
+        configured = reason != provider.unavailable_reason
+        span.add_event("fallback", {"llm.provider": provider.name, "reason": reason[:300], "configured": configured})
+        if configured:  # an unconfigured provider is not a fallback, just not there
+            FALLBACKS.labels(stage="llm", kind="provider").inc()
         # A provider that is not configured was warned about once at start; a failure is news.
-        level = logging.INFO if reason == provider.unavailable_reason else logging.WARNING
+        level = logging.WARNING if configured else logging.INFO
         log.log(level, "provider skipped", extra={"fields": {"provider": provider.name, "reason": reason}})
 
     async def _relay(self, provider: Provider, model: str, stream: AsyncIterator[str | Completion],
                      first: str | Completion, plan: Plan, started: float, request_id: str,
-                     context: aio.ServicerContext) -> AsyncIterator[llm_pb2.GenerateResponse]:
+                     context: aio.ServicerContext, span: Span) -> AsyncIterator[llm_pb2.GenerateResponse]:
         first_token_at = time.monotonic() - started
-        FIRST_TOKEN_SECONDS.labels(provider.name).observe(first_token_at)
-        span = tracer(__name__).start_span("llm.generate", attributes={
-            "llm.provider": provider.name, "llm.model": model, "llm.first_token_seconds": first_token_at,
-            "llm.fallbacks": len(plan.fallbacks)})
+        LLM_FIRST_TOKEN_SECONDS.labels(provider.name).observe(first_token_at)
+        span.add_event("first_token")
+        span.set_attributes({"llm.provider": provider.name, "llm.model": model,
+                             "llm.first_token_seconds": first_token_at, "llm.fallbacks": len(plan.fallbacks)})
         deltas, item, outcome = 0, first, "failed"
         try:
             try:
@@ -237,7 +264,10 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
                 "total_seconds": round(done.total_seconds, 3), "prompt_tokens": item.prompt_tokens,
                 "cached_prompt_tokens": item.cached_prompt_tokens, "completion_tokens": item.completion_tokens,
                 "finish_reason": item.finish_reason, "fallbacks": [f.provider for f in plan.fallbacks]}})
-            span.set_attribute("llm.completion_tokens", item.completion_tokens)
+            span.set_attributes({"llm.prompt_tokens": item.prompt_tokens,
+                                 "llm.cached_prompt_tokens": item.cached_prompt_tokens,
+                                 "llm.completion_tokens": item.completion_tokens,
+                                 "llm.finish_reason": item.finish_reason})
             yield llm_pb2.GenerateResponse(request_id=request_id, done=done)
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
@@ -246,9 +276,10 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
             raise
         finally:
             await stream.aclose()  # closing the stream stops the provider's generation
-            GENERATIONS.labels(provider.name, outcome).inc()
+            LLM_GENERATIONS.labels(provider.name, outcome).inc()
             span.set_attribute("llm.outcome", outcome)
-            span.end()
+            if outcome == "failed":
+                span.set_status(Status(StatusCode.ERROR, "the provider failed mid-answer"))
 
     async def ListModels(self, request: llm_pb2.ListModelsRequest,
                          context: aio.ServicerContext) -> llm_pb2.ListModelsResponse:

@@ -21,6 +21,7 @@ from stt_service.settings import SttSettings
 from stt_service.streaming import StreamingRecognizer, StreamOptions
 from voicebus.audio import SUPPORTED_PCM_RATES, WHISPER_RATE, AudioError, decode_audio
 from voicebus.logs import request_id_var
+from voicebus.metrics import QUEUE_DEPTH, STT_SECONDS
 from voicebus.telemetry import tracer
 from voicebus.v1 import audio_pb2, stt_pb2, stt_pb2_grpc
 
@@ -63,6 +64,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
     def __init__(self, engine: WhisperEngine, settings: SttSettings) -> None:
         self.engine, self.settings = engine, settings
         self.jobs = InferenceQueue(max_waiting=settings.stt_max_queue)
+        QUEUE_DEPTH.labels(queue="stt_inference").set_function(lambda: self.jobs.in_flight)
 
     # --- Transcribe ---------------------------------------------------------------
     async def Transcribe(self, request: stt_pb2.TranscribeRequest,
@@ -83,11 +85,13 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
             duration = audio.size / WHISPER_RATE
             if duration > s.stt_max_audio_seconds:
                 raise AudioError(f"the audio lasts {duration:.0f} s; the limit is {s.stt_max_audio_seconds:g} s")
-            with tracer(__name__).start_as_current_span("stt.transcribe") as span:
-                span.set_attribute("stt.audio_seconds", duration)
+            with tracer(__name__).start_as_current_span("stt.transcribe", attributes={
+                    "stt.audio_seconds": duration, "stt.model": self.engine.name,
+                    "stt.language_hint": language or ""}) as span:
                 heard = await self.jobs.run(self.engine.transcribe, audio, language=language,
                                             beam_size=s.stt_beam_size, timestamps=True, vad_filter=True,
                                             fallback=True)
+                span.set_attributes({"stt.language": heard.language, "stt.inference_seconds": heard.seconds})
         except (AudioError, UnsupportedLanguage) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Overloaded as exc:
@@ -95,6 +99,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
         transcript = make_transcript(heard.segments, heard.language, heard.language_probability, 0.0, duration,
                                      heard.dropped_no_speech)
         elapsed = time.perf_counter() - started
+        STT_SECONDS.labels(kind="file").observe(elapsed)
         log.info("transcribed", extra={"fields": {"audio_seconds": round(duration, 2),
                                                   "processing_seconds": round(elapsed, 3),
                                                   "chars": len(transcript.text)}})

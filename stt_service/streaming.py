@@ -30,6 +30,7 @@ import numpy as np
 from stt_service.audio_input import WINDOW, AudioBlock, End
 from stt_service.engine import Heard, HeardSegment, InferenceQueue, Priority, WhisperEngine, make_transcript
 from voicebus.audio import WHISPER_RATE, AudioError
+from voicebus.metrics import STT_SECONDS
 from voicebus.telemetry import tracer
 from voicebus.v1 import stt_pb2
 
@@ -270,7 +271,8 @@ class StreamingRecognizer:
         u.ended = True
         self._event(stt_pb2.SPEECH_EVENT_TYPE_END_OF_UTTERANCE, u.speech_end)
         end = min(u.speech_end + POST_ROLL, self.buffer.end)
-        with tracer(__name__).start_as_current_span("stt.final") as span:
+        with tracer(__name__).start_as_current_span("stt.final", attributes={
+                "stt.model": self.engine.name, "stt.utterance_index": u.index}) as span:
             heard: Heard | None = None
             if self._covers(u, u.latest):
                 assert u.latest is not None
@@ -282,9 +284,12 @@ class StreamingRecognizer:
             if heard is None:
                 # Overloaded propagates: the caller ends the stream with RESOURCE_EXHAUSTED.
                 heard = await self._launch(u, end, final=True).future
-            span.set_attribute("stt.audio_seconds", (end - u.audio_start) / WHISPER_RATE)
-            span.set_attribute("stt.inference_seconds", heard.seconds)
-        self._result(u, heard, is_final=True, latency=time.monotonic() - u.speech_arrival)
+            span.set_attributes({"stt.audio_seconds": (end - u.audio_start) / WHISPER_RATE,
+                                 "stt.inference_seconds": heard.seconds,
+                                 "stt.language": u.language or heard.language})
+        latency = time.monotonic() - u.speech_arrival
+        STT_SECONDS.labels(kind="stream_final").observe(latency)
+        self._result(u, heard, is_final=True, latency=latency)
         self.utt, self._run_length = None, 0
         self.buffer.drop_before(u.speech_end)
         if self.o.single_utterance:

@@ -16,13 +16,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 import grpc
 from grpc import aio
-from prometheus_client import Counter, Histogram
 
 from tts_service.encoding import ResponseEncoder
 from tts_service.engines import EngineError
 from tts_service.settings import TtsSettings
 from tts_service.speaker import InvalidRequest, Speaker, SpeechPlan, describe_format
 from voicebus.logs import request_id_var
+from voicebus.metrics import FALLBACKS, QUEUE_DEPTH, TTS_FIRST_CHUNK_SECONDS, TTS_SENTENCES
 from voicebus.telemetry import tracer
 from voicebus.text import SentenceSplitter, split_sentences
 from voicebus.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
@@ -30,11 +30,7 @@ from voicebus.v1 import audio_pb2, tts_pb2, tts_pb2_grpc
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 _END = object()
-
-FIRST_CHUNK_SECONDS = Histogram("voicebus_tts_first_chunk_seconds", "First complete sentence → its audio "
-                                "message, by engine", ["engine"], buckets=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5))
-SENTENCES_SPOKEN = Counter("voicebus_tts_sentences_total", "Sentences spoken, by engine and whether it was a "
-                           "fallback", ["engine", "fallback"])
+_SYNTHESIS_QUEUE = QUEUE_DEPTH.labels(queue="tts_synthesis")
 
 
 class _TextFeed:
@@ -174,16 +170,27 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             sentence_at = time.monotonic()  # streamed text: the time spent waiting for it is not ours
             with _tracer.start_as_current_span("tts.sentence", attributes={
                     "tts.engine": plan.current_voice.engine, "tts.voice": plan.current_voice.name,
-                    "tts.sentence_index": index, "tts.chars": len(text)}):
+                    "tts.sentence_index": index, "tts.chars": len(text)}) as span:
+                was_fallen_back = plan.fallen_back
+                _SYNTHESIS_QUEUE.inc()
                 try:
                     spoken = await self.speaker.speak(plan, text)
                 except EngineError as exc:
                     log.error("synthesis failed", extra={"fields": {"error": str(exc)}})
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"speech synthesis failed: {exc}")
+                finally:
+                    _SYNTHESIS_QUEUE.dec()
+                if plan.fallen_back and not was_fallen_back:
+                    FALLBACKS.labels(stage="tts", kind="engine").inc()
+                    span.add_event("fallback", {"from_engine": plan.voice.engine, "tts.engine": spoken.voice.engine,
+                                                "tts.voice": spoken.voice.name})
+                span.set_attributes({"tts.engine": spoken.voice.engine, "tts.voice": spoken.voice.name,
+                                     "tts.fallback_used": spoken.fallback_used})
                 if spoken.speech.samples.size == 0:
                     continue  # nothing to say (punctuation only)
                 data, duration = await asyncio.to_thread(encoder.encode, spoken.speech.samples,
                                                          spoken.speech.sample_rate)
+                span.set_attribute("tts.audio_seconds", duration)
             last = tts_pb2.SpokenSentence(
                 audio=audio_pb2.AudioChunk(data=data, format=audio_format, sequence=sequence,
                                            duration_seconds=duration),
@@ -191,8 +198,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 fallback_used=spoken.fallback_used)
             if first_chunk is None:
                 first_chunk = time.monotonic() - sentence_at
-                FIRST_CHUNK_SECONDS.labels(spoken.voice.engine).observe(first_chunk)
-            SENTENCES_SPOKEN.labels(spoken.voice.engine, str(spoken.fallback_used).lower()).inc()
+                TTS_FIRST_CHUNK_SECONDS.labels(spoken.voice.engine).observe(first_chunk)
+            TTS_SENTENCES.labels(spoken.voice.engine, str(spoken.fallback_used).lower()).inc()
             sequence, seconds = sequence + 1, seconds + duration
             yield last
         closing = await asyncio.to_thread(encoder.finish)
