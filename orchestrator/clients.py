@@ -15,7 +15,10 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
+from opentelemetry import trace
+
 from orchestrator.registry import ServiceRegistry
+from voicebus.metrics import FALLBACKS
 from voicebus.v1 import llm_pb2, llm_pb2_grpc, stt_pb2, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,15 @@ def _describe(exc: aio.AioRpcError) -> str:
     return f"{exc.code().name}: {(exc.details() or '').strip()[:300]}"
 
 
+def _fail_over(registry: ServiceRegistry, service: str, address: str, exc: aio.AioRpcError) -> None:
+    """An instance failed a call: avoid it for a while and try the next one (counted, and an
+    event on the current span so that the turn's trace says why it took longer)."""
+    registry.mark_failed(service, address)
+    FALLBACKS.labels(stage=service, kind="instance").inc()
+    trace.get_current_span().add_event("failover", {"service": service, "address": address,
+                                                    "error": _describe(exc)})
+
+
 async def call_unary(registry: ServiceRegistry, service: str, call: Callable[[aio.Channel], Awaitable[T]]) -> T:
     """`call` on the first instance that answers; input errors are not retried."""
     errors: list[str] = []
@@ -51,7 +63,7 @@ async def call_unary(registry: ServiceRegistry, service: str, call: Callable[[ai
         except aio.AioRpcError as exc:
             if exc.code() not in RETRYABLE or exc.code() == grpc.StatusCode.CANCELLED:
                 raise StageError(service, exc.code(), exc.details() or exc.code().name) from None
-            registry.mark_failed(service, address)
+            _fail_over(registry, service, address, exc)
             errors.append(f"{address} {_describe(exc)}")
             continue
         registry.mark_ok(service, address)
@@ -118,7 +130,7 @@ class ReplayableStream:
                 retry = exc.code() in RETRYABLE and exc.code() != grpc.StatusCode.CANCELLED
                 if not retry or not self._resumable(received):
                     raise StageError(self.service, exc.code(), exc.details() or exc.code().name) from None
-                self.registry.mark_failed(self.service, address)
+                _fail_over(self.registry, self.service, address, exc)
                 errors.append(f"{address} {_describe(exc)}")
                 log.warning("stream broke; replaying on another instance",
                             extra={"fields": {"service": self.service, "address": address, "after": seen_here}})
@@ -180,7 +192,7 @@ async def llm_generate(registry: ServiceRegistry, request: llm_pb2.GenerateReque
         except aio.AioRpcError as exc:
             if exc.code() not in RETRYABLE or exc.code() == grpc.StatusCode.CANCELLED or received:
                 raise StageError("llm", exc.code(), exc.details() or exc.code().name) from None
-            registry.mark_failed("llm", address)
+            _fail_over(registry, "llm", address, exc)
             errors.append(f"{address} {_describe(exc)}")
         finally:
             if not call.done():

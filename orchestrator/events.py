@@ -1,7 +1,8 @@
 """Turn events on NATS: `voicebus.turn.<conversation>.<stage>`, captured by JetStream.
 
 Publishing only enqueues (voicebus.bus): a turn never waits for NATS. Each event carries
-`Nats-Msg-Id` (JetStream drops a retried duplicate) and `traceparent`.
+`Nats-Msg-Id` (JetStream drops a retried duplicate) and the `traceparent` of its publish
+span, so a consumer's span joins the turn's trace.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import StreamConfig
 
 from voicebus.bus import TURN_STREAM, TURN_SUBJECTS, EventBus, turn_subject
-from voicebus.telemetry import inject_headers
+from voicebus.telemetry import publish_span
 from voicebus.v1 import assistant_pb2, common_pb2, events_pb2
 
 STAGE_NAMES = {
@@ -51,6 +52,7 @@ class TurnEvents:
                                      turn_id=turn.turn_id, time=now, trace_id=turn.trace_id, stage=stage, text=text)
         if with_turn:
             event.turn.CopyFrom(turn)
-        headers = inject_headers({"Nats-Msg-Id": event.event_id})
-        self.bus.publish(turn_subject(turn.conversation_id, STAGE_NAMES[event_type]), event.SerializeToString(),
-                         headers=headers, jetstream=True)
+        stage_name = STAGE_NAMES[event_type]
+        subject = turn_subject(turn.conversation_id, stage_name)
+        with publish_span(subject, f"turn.{stage_name}", {"Nats-Msg-Id": event.event_id}) as headers:
+            self.bus.publish(subject, event.SerializeToString(), headers=headers, jetstream=True)

@@ -14,7 +14,7 @@ from orchestrator.clients import StageError, stt_transcribe
 from orchestrator.converse import ConversationLocks, ConverseSession, StreamEnd, check_input_format
 from orchestrator.turn import Deps, TurnRunner, UserInput
 from voicebus.audio import wav_bytes
-from voicebus.v1 import assistant_pb2, assistant_pb2_grpc, audio_pb2, events_pb2, stt_pb2
+from voicebus.v1 import assistant_pb2, assistant_pb2_grpc, audio_pb2, stt_pb2
 
 log = logging.getLogger(__name__)
 MAX_PAGE = 500
@@ -104,7 +104,6 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                 chunks.append(event.audio.chunk)
 
         runner = TurnRunner(self.deps, turn, options, collect)
-        self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_TURN_STARTED, turn, text=user.source)
         await runner.run(user)
         audio = b"".join(c.data for c in chunks)
         fmt = audio_pb2.AudioFormat()

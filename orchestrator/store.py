@@ -6,14 +6,19 @@ ends, so a crash mid-answer still leaves the question on record.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.trace import SpanKind
 
+from voicebus.telemetry import tracer
 from voicebus.v1 import assistant_pb2, common_pb2
 
 # Each entry moves the schema one version up; never edit an applied entry, add a new one.
@@ -49,6 +54,22 @@ MIGRATIONS: list[str] = [
 HISTORY_OUTCOMES = ("TURN_OUTCOME_COMPLETED", "TURN_OUTCOME_INTERRUPTED")
 
 
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _traced_write(operation: str, table: str) -> Callable[[F], F]:
+    """A span per write (reads are quick and many): a slow disk shows in the turn's trace."""
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        async def traced(*args: Any, **kwargs: Any) -> Any:
+            with tracer("voicebus.store").start_as_current_span(
+                    f"sqlite {operation} {table}", kind=SpanKind.CLIENT,
+                    attributes={"db.system": "sqlite", "db.operation": operation, "db.sql.table": table}):
+                return await method(*args, **kwargs)
+        return traced  # type: ignore[return-value]
+    return decorate
+
+
 def _timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
@@ -80,6 +101,7 @@ class ConversationStore:
             await self.db.close()
             self.db = None
 
+    @_traced_write("INSERT", "conversations")
     async def create_conversation(self, history: list[common_pb2.ChatMessage] | None = None) -> str:
         """A new conversation, optionally seeded with earlier user/assistant messages."""
         assert self.db
@@ -117,6 +139,7 @@ class ConversationStore:
                                            (conversation_id,))).fetchone()
         return int(row[0])
 
+    @_traced_write("INSERT", "turns")
     async def start_turn(self, turn: assistant_pb2.Turn) -> None:
         """Store a turn as soon as its user text is known; fills turn.index."""
         assert self.db
@@ -135,6 +158,7 @@ class ConversationStore:
             (now, title, turn.conversation_id))
         await self.db.commit()
 
+    @_traced_write("UPDATE", "turns")
     async def finish_turn(self, turn: assistant_pb2.Turn) -> None:
         assert self.db
         await self.db.execute(
@@ -200,6 +224,7 @@ class ConversationStore:
             for r in rows[:limit]]
         return conversations, len(rows) > limit
 
+    @_traced_write("DELETE", "conversations")
     async def delete(self, conversation_id: str) -> bool:
         assert self.db
         cur = await self.db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))

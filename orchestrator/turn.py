@@ -14,15 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
 from orchestrator.clients import StageError, llm_generate, tts_stream
 from orchestrator.events import TurnEvents
 from orchestrator.phrases import APOLOGY, PLEASE_REPEAT, phrase
 from orchestrator.registry import ServiceRegistry
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.store import ConversationStore
-from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
-
 from voicebus.logs import conversation_id_var
 from voicebus.metrics import FALLBACKS, STAGE_SECONDS, TURNS
 from voicebus.telemetry import current_trace_id, tracer
