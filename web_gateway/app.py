@@ -1,7 +1,7 @@
 """The FastAPI application: the page, the REST and WebSocket API, health, readiness, metrics.
 
 The gateway holds one gRPC channel to the orchestrator for its whole life and talks to
-nothing else (readiness probes aside).
+nothing else (readiness probes aside), except NATS for the built-in trace view.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from web_gateway.limits import BodyLimitMiddleware
 from web_gateway.observability import GatewayMetrics, RequestContextMiddleware
 from web_gateway.security import BearerAuthMiddleware, bearer_scheme
 from web_gateway.settings import GatewaySettings
+from web_gateway.trace_view import router as trace_router
+from web_gateway.traces import TraceCollector
 from web_gateway.ws import websocket_endpoint
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -37,12 +39,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         channel = open_channel(settings.orchestrator_addr, settings)
         app.state.stub = assistant_pb2_grpc.AssistantStub(channel)
+        app.state.traces = None
+        if settings.trace_view:
+            app.state.traces = TraceCollector(settings.nats_url, settings.trace_view_max_traces)
+            await app.state.traces.start()
         try:
             yield
         finally:
             await channel.close(grace=settings.shutdown_grace_seconds)
+            if app.state.traces is not None:
+                await app.state.traces.stop()
 
+    # FastAPI's own OpenTelemetry spans are off: RequestContextMiddleware makes the request span
+    # (one per request, named by route, none for probes) and WsTurnSpans one per WebSocket turn.
     app = FastAPI(title="Voicebus gateway", version="0.1.0", lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Talk to the Voicebus assistant over HTTP and WebSocket. "
                               "Send `Authorization: Bearer <token>` when the gateway has VOICEBUS_AUTH_TOKEN.")
     app.state.settings = settings
@@ -77,6 +88,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(rest.router, dependencies=PROTECTED, tags=["assistant"])
+    app.include_router(trace_router, dependencies=PROTECTED)
     app.add_api_websocket_route("/ws", websocket_endpoint)
 
     @app.get("/", include_in_schema=False)

@@ -63,6 +63,11 @@ def _stub(request: Request) -> Any:
     return request.app.state.stub
 
 
+def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
+    """The request id travels with the call, into the orchestrator's log lines."""
+    return (("x-request-id", request.scope["state"]["request_id"]),)
+
+
 def _options(language: str | None, synthesize: bool) -> assistant_pb2.TurnOptions:
     return assistant_pb2.TurnOptions(
         language_code=(language or "").strip(), synthesize_audio=synthesize,
@@ -74,7 +79,7 @@ async def _run_turn(request: Request, route: str, turn_request: assistant_pb2.Pr
     started = time.perf_counter()
     try:
         reply: assistant_pb2.ProcessTurnResponse = await _stub(request).ProcessTurn(
-            turn_request, timeout=settings.gateway_turn_timeout_seconds)
+            turn_request, timeout=settings.gateway_turn_timeout_seconds, metadata=_metadata(request))
     except Exception:
         request.app.state.metrics.turns.labels(route, "error").inc()
         raise
@@ -190,7 +195,7 @@ async def list_conversations(
 ) -> dict[str, Any]:
     reply = await _stub(request).ListConversations(
         assistant_pb2.ListConversationsRequest(page_size=page_size, page_token=page_token),
-        timeout=request.app.state.settings.gateway_call_timeout_seconds)
+        timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
     return {"conversations": [conversation_json(c, with_turns=False) for c in reply.conversations],
             "next_page_token": reply.next_page_token}
 
@@ -199,7 +204,7 @@ async def list_conversations(
 async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
     reply = await _stub(request).GetConversation(
         assistant_pb2.GetConversationRequest(conversation_id=conversation_id),
-        timeout=request.app.state.settings.gateway_call_timeout_seconds)
+        timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
     return conversation_json(reply.conversation, with_turns=True)
 
 
@@ -207,5 +212,5 @@ async def get_conversation(request: Request, conversation_id: str) -> dict[str, 
 async def delete_conversation(request: Request, conversation_id: str) -> Response:
     await _stub(request).DeleteConversation(
         assistant_pb2.DeleteConversationRequest(conversation_id=conversation_id),
-        timeout=request.app.state.settings.gateway_call_timeout_seconds)
+        timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
     return Response(status_code=204)

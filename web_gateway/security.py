@@ -24,11 +24,11 @@ BEARER_PROTOCOL_PREFIX = "bearer."
 
 
 class BearerAuthMiddleware:
-    """401 JSON for the API and /metrics without the token, before any body is read (so an
-    unauthenticated client learns nothing about its input, and uploads nothing big).
+    """401 JSON for the API, /metrics and /debug/ without the token, before any body is read (so
+    an unauthenticated client learns nothing about its input, and uploads nothing big).
     The page, its static files, /docs and the health probes stay open."""
 
-    PROTECTED = ("/api/", "/metrics")
+    PROTECTED = ("/api/", "/metrics", "/debug/")
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app, self.token = app, token

@@ -1,12 +1,15 @@
 """`WS /ws`: a browser's WebSocket bridged to one `Assistant.Converse` stream at a time.
 
 In: binary frames are audio; text frames are JSON control messages (`start`,
-`end_of_audio`, `text`, `interrupt`). Out: JSON events as the orchestrator sends them;
+`audio_start`, `end_of_audio`, `text`, `interrupt`). Out: JSON events as the orchestrator sends them;
 each audio chunk is a JSON `audio` header followed at once by one binary frame with its
 bytes (PCM16 by default, which the page schedules with Web Audio as it arrives).
 The WebSocket outlives streams: a new `start` (another conversation) replaces the
 stream, and audio after a stream ended (e.g. the orchestrator restarted) opens a new
 one on the same conversation.
+
+Each turn is its own trace (web_gateway.observability.WsTurnSpans): `text` and
+`audio_start` may carry the client's `traceparent` for that turn.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from typing import Any
 import grpc
 from fastapi import WebSocket, WebSocketDisconnect
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 
-from voicebus.telemetry import extract_context
+from voicebus.telemetry import extract_context, trace_id_of, traceparent_of
 from voicebus.v1 import assistant_pb2, audio_pb2
 from web_gateway.convert import STAGES, degraded_json, input_format, output_format, turn_json
 from web_gateway.errors import CODE_NAMES, GRPC_TO_HTTP, ApiError, from_grpc
-from web_gateway.observability import GatewayMetrics
+from web_gateway.observability import GatewayMetrics, WsTurnSpans
 from web_gateway.security import chosen_subprotocol, websocket_authorized
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,10 @@ def _error_event(code: str, status: int, message: str, fatal: bool = False, **ex
 class ConverseBridge:
     def __init__(self, websocket: WebSocket, stub: Any, metrics: GatewayMetrics) -> None:
         self.ws, self.stub, self.metrics = websocket, stub, metrics
+        self.request_id: str = websocket.scope["state"]["request_id"]
+        self.spans = WsTurnSpans(self.request_id)
+        self.recording: trace.Span | None = None  # the turn span of the recording being received
+        self.recording_sent = False  # its traceparent went to the orchestrator (with the first audio)
         self.send_lock = asyncio.Lock()
         self.config = assistant_pb2.ConverseConfig(interim_results=True, options=assistant_pb2.TurnOptions(
             synthesize_audio=True, output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16)))
@@ -79,8 +87,14 @@ class ConverseBridge:
     async def on_audio(self, data: bytes) -> None:
         if not data:
             return
-        if await self.ensure_stream():
-            await self.put(assistant_pb2.ConverseRequest(audio=data))
+        if not await self.ensure_stream():
+            return
+        if self.recording is None:
+            self.recording, self.recording_sent = self.spans.begin("audio", ""), False
+        request = assistant_pb2.ConverseRequest(audio=data)
+        if not self.recording_sent:  # the first audio of a recording starts the turn's trace
+            request.traceparent, self.recording_sent = traceparent_of(self.recording), True
+        await self.put(request)
 
     async def on_control(self, raw: str) -> None:
         try:
@@ -91,8 +105,18 @@ class ConverseBridge:
             return
         if kind == "start":
             await self.on_start(message)
+        elif kind == "audio_start":
+            # Optional, before a recording's first audio: its turn starts now, in the client's trace.
+            if self.recording is None:
+                self.recording = self.spans.begin("audio", str(message.get("traceparent") or ""))
+                self.recording_sent = False
         elif kind == "end_of_audio":
             self.turn_clock = time.perf_counter()
+            if self.recording is not None:
+                self.recording.add_event("end_of_audio")
+                if not self.recording_sent:  # pressed and released without audio: no turn
+                    self.spans.end(trace_id_of(self.recording), "no_audio")
+                self.recording = None
             if self.call is not None:
                 await self.put(assistant_pb2.ConverseRequest(end_of_audio=assistant_pb2.EndOfAudio()))
         elif kind == "interrupt":
@@ -105,13 +129,14 @@ class ConverseBridge:
                 return
             self.turn_clock = time.perf_counter()
             if await self.ensure_stream():
-                await self.put(assistant_pb2.ConverseRequest(text=text.strip()))
+                span = self.spans.begin("text", str(message.get("traceparent") or ""))
+                await self.put(assistant_pb2.ConverseRequest(text=text.strip(), traceparent=traceparent_of(span)))
         elif kind == "ping":
             await self.send_json({"type": "pong"})
         else:
             await self.send_json(_error_event(
                 "invalid_message", 400, f"unknown message type {kind!r}; expected start, end_of_audio, text, "
-                                        "interrupt or ping"))
+                                        "interrupt, audio_start or ping"))
 
     async def on_start(self, message: dict[str, Any]) -> None:
         try:
@@ -167,7 +192,7 @@ class ConverseBridge:
         # The browser's traceparent (from `start`) parents the stream's client span.
         token = otel_context.attach(extract_context({"traceparent": self.traceparent} if self.traceparent else {}))
         try:
-            call = self.stub.Converse(requests())
+            call = self.stub.Converse(requests(), metadata=(("x-request-id", self.request_id),))
         finally:
             otel_context.detach(token)
         self.queue, self.call = queue, call
@@ -176,6 +201,8 @@ class ConverseBridge:
     async def close_stream(self, cancel: bool) -> None:
         call, reader, queue = self.call, self.reader, self.queue
         self.call = self.reader = self.queue = None
+        self.spans.end_all("stream_closed")
+        self.recording = None
         if queue is not None:
             queue.put_nowait(None)
         if cancel and call is not None:
@@ -196,6 +223,8 @@ class ConverseBridge:
                 return  # we cancelled it (a new start, or the socket closed)
             err = from_grpc(exc)
             self.stream_failed, self.told_to_restart = True, False
+            self.spans.end_all("stream_failed")
+            self.recording = None
             with contextlib.suppress(Exception):
                 await self.send_json(_error_event(err.code, err.status, err.message, fatal=True))
         except Exception:  # the socket went away while we were sending: nothing to tell
@@ -247,6 +276,10 @@ class ConverseBridge:
             http_status, code = GRPC_TO_HTTP.get(status_code, (502, "upstream_error"))
             base.update(code=code, status=http_status, message=e.message, stage=STAGES.get(e.stage, "unspecified"),
                         retryable=e.retryable, fatal=False)
+        if ended := self.spans.event(r.trace_id, r.turn_id, kind or "", r.conversation_id):
+            with trace.use_span(ended):  # the log line carries the turn's trace id
+                log.info("ws turn", extra={"fields": {"conversation_id": r.conversation_id, "turn_id": r.turn_id,
+                                                      "event": kind}})
         await self.send_json(base, data)
 
     def _first_audio(self, turn_id: str) -> None:

@@ -355,11 +355,14 @@
       if (e.data && e.data.size && ws && ws.readyState === WebSocket.OPEN) ws.send(e.data);
     };
     const stopped = recorder;
+    // The turn's trace starts now, before its first audio frame (see /debug/traces).
+    const turnTrace = traceparent();
     recorder.onstop = () => {
       // After the last dataavailable: the utterance is complete.
-      if (ws && ws.readyState === WebSocket.OPEN) send({ type: "end_of_audio", traceparent: traceparent() });
+      if (ws && ws.readyState === WebSocket.OPEN) send({ type: "end_of_audio", traceparent: turnTrace });
       if (stopped === recorder) recorder = null;
     };
+    send({ type: "audio_start", traceparent: turnTrace });
     recorder.start(250);
     if (wasAnswering || !currentTurn()) newTurn("…");
     setState("listening");
