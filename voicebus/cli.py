@@ -1,4 +1,4 @@
-"""The `voicebus` command: `up`, `status`, `config`, `talk`."""
+"""The `voicebus` command: `up`, `status`, `config`, `talk`, `trace`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from voicebus import talk
+from voicebus import talk, trace_cli
 from voicebus.config import CommonSettings, settings_table
 
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("status", help="health of a running stack")
     sub.add_parser("config", help="every VOICEBUS_* setting with its default (Markdown table)")
     talk.add_arguments(sub.add_parser("talk", help="one turn with the Assistant: a recording or typed text"))
+    trace_cli.add_arguments(sub.add_parser("trace", help="recent traces, or one trace as a tree (from the gateway's "
+                                                         "/debug/traces)"))
     args = parser.parse_args(argv)
 
     if args.command == "config":
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "talk":
         sys.exit(talk.run(args))
+    if args.command == "trace":
+        sys.exit(trace_cli.run(args))
     settings = CommonSettings()
     from voicebus.stack import run_stack, stack_status
 
