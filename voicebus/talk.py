@@ -133,7 +133,7 @@ def handle(event: assistant_pb2.ConverseResponse, result: TurnResult, answering:
             show("assistant: ", end="")
             answering = True
         result.answer.append(event.response_delta.text)
-        show(event.response_delta.text, end="")
+        show(event.response_delta.text.replace("\n", " "), end="")  # one line per label
     elif kind == "audio":
         result.audio.append(event.audio.chunk)
     elif kind == "degraded":
@@ -178,7 +178,7 @@ def report(args: argparse.Namespace, result: TurnResult) -> int:
     if not result.transcript and args.text is None and turn and turn.user_text:
         show(f"you: {turn.user_text}")
     if not result.answer and turn and turn.assistant_text:
-        show(f"assistant: {turn.assistant_text}")
+        show(f"assistant: {' '.join(turn.assistant_text.split())}")
     for message in result.degraded:
         show(f"degraded: {message}")
     outcome = assistant_pb2.TurnOutcome.Name(turn.outcome) if turn else "TURN_OUTCOME_FAILED"

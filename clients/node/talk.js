@@ -155,7 +155,8 @@ async function main() {
   }
   const turn = reply.turn || {};
   console.log(`you: ${turn.user_text || "(nothing heard)"}`);
-  console.log(`assistant: ${turn.assistant_text}`);
+  // One line per label: a multi-line answer is folded (the output is "label: value" lines).
+  console.log(`assistant: ${(turn.assistant_text || "").replace(/\s+/g, " ").trim()}`);
   if (turn.outcome && turn.outcome !== "TURN_OUTCOME_COMPLETED") {
     console.log(`outcome: ${turn.outcome.replace("TURN_OUTCOME_", "").toLowerCase()}${turn.error_message ? ` (${turn.error_message})` : ""}`);
   }
