@@ -52,8 +52,15 @@ LONG_QUESTIONS = [
 
 
 def load_pcm(path: Path) -> tuple[bytes, int]:
+    """The speech without espeak's trailing silence, so that `end_of_audio` is the end of speech."""
+    import numpy as np
+
     with wave.open(str(path)) as w:
-        return w.readframes(w.getnframes()), w.getframerate()
+        pcm, rate = w.readframes(w.getnframes()), w.getframerate()
+    samples = np.frombuffer(pcm, dtype="<i2")
+    loud = np.flatnonzero(np.abs(samples) > 300)
+    end = min(samples.size, int(loud[-1]) + rate // 20) if loud.size else samples.size
+    return samples[:end].tobytes(), rate
 
 
 async def streamed_turn(stub: assistant_pb2_grpc.AssistantStub, pcm: bytes, rate: int) -> assistant_pb2.Turn:
