@@ -124,3 +124,40 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
         for j, h in enumerate(hyp, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
     return row[len(hyp)] / max(1, len(ref))
+
+
+class VoicebusUp:
+    """The whole stack as a user starts it (`voicebus up`), every address on a free port."""
+
+    SERVICES = ("nats", "stt", "llm", "tts", "orchestrator", "gateway")
+
+    def __init__(self, name: str, data_dir: Path, extra_env: Mapping[str, str], timeout: float = 300.0) -> None:
+        self.ports = {service: free_port() for service in self.SERVICES}
+        self.env = {
+            **os.environ,
+            "VOICEBUS_NATS_URL": f"nats://127.0.0.1:{self.ports['nats']}",
+            **{f"VOICEBUS_{s.upper()}_ADDR": f"127.0.0.1:{self.ports[s]}" for s in self.SERVICES if s != "nats"},
+            "VOICEBUS_DATA_DIR": str(data_dir), "GROQ_API_KEY": "", **extra_env,
+        }
+        OUTPUT.mkdir(exist_ok=True)
+        self.log_path = OUTPUT / f"voicebus-up-{name}.log"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "voicebus.cli", "up"], cwd=ROOT, env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while b"voicebus: ready" not in self.log_path.read_bytes():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"voicebus up exited early ({self.proc.returncode}); see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise TimeoutError(f"stack not ready in {timeout:g} s; see {self.log_path}")
+            time.sleep(0.5)
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def stop(self, timeout: float = 90.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        return self.proc.returncode

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import time
 import wave
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import OUTPUT, ROOT, espeak_wav, free_port, word_error_rate, words
+from helpers import ROOT, VoicebusUp, espeak_wav, free_port, word_error_rate, words
 from voicebus.audio import decode_container, wav_bytes
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
 
@@ -33,36 +31,10 @@ NODE_CLIENT = ROOT / "clients" / "node" / "talk.js"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    ports = {name: free_port() for name in ("nats", "stt", "llm", "tts", "orchestrator", "gateway")}
-    env = {
-        **os.environ,
-        "VOICEBUS_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
-        "VOICEBUS_STT_ADDR": f"127.0.0.1:{ports['stt']}",
-        "VOICEBUS_LLM_ADDR": f"127.0.0.1:{ports['llm']}",
-        "VOICEBUS_TTS_ADDR": f"127.0.0.1:{ports['tts']}",
-        "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{ports['orchestrator']}",
-        "VOICEBUS_GATEWAY_ADDR": f"127.0.0.1:{ports['gateway']}",
-        "VOICEBUS_DATA_DIR": str(tmp_path_factory.mktemp("clients-data")),
-        "VOICEBUS_AUTH_TOKEN": TOKEN,
-        "VOICEBUS_LLM_LOCAL_MODEL": "smollm2-135m",
-        "GROQ_API_KEY": "",
-    }
-    OUTPUT.mkdir(exist_ok=True)
-    log_path = OUTPUT / "voicebus-up-clients.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "voicebus.cli", "up"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while b"voicebus: ready" not in log_path.read_bytes():
-        if proc.poll() is not None:
-            pytest.fail(f"voicebus up exited early ({proc.returncode}); see {log_path}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"stack not ready in 300 s; see {log_path}")
-        time.sleep(0.5)
-    yield {"addr": env["VOICEBUS_ORCHESTRATOR_ADDR"], "env": env}
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
+    up = VoicebusUp("clients", tmp_path_factory.mktemp("clients-data"),
+                    {"VOICEBUS_AUTH_TOKEN": TOKEN, "VOICEBUS_LLM_LOCAL_MODEL": "smollm2-135m"})
+    yield {"addr": up.address("orchestrator"), "env": up.env}
+    up.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import wave
 
@@ -12,7 +10,7 @@ import grpc
 import nats
 import pytest
 
-from helpers import OUTPUT, ServiceProcess, espeak_wav, free_port, words
+from helpers import ServiceProcess, espeak_wav, free_port, words
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc, audio_pb2, events_pb2
 
 QUESTION = "What is the capital of France?"

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from helpers import OUTPUT, ROOT, free_port
+from helpers import ROOT, VoicebusUp
 from voicebus.v1 import (assistant_pb2, assistant_pb2_grpc, llm_pb2, llm_pb2_grpc, stt_pb2, stt_pb2_grpc,
                          tts_pb2, tts_pb2_grpc)
 
@@ -24,37 +23,9 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    ports = {name: free_port() for name in ("nats", "stt", "llm", "tts", "orchestrator", "gateway")}
-    env = {
-        **os.environ,
-        "VOICEBUS_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
-        "VOICEBUS_STT_ADDR": f"127.0.0.1:{ports['stt']}",
-        "VOICEBUS_LLM_ADDR": f"127.0.0.1:{ports['llm']}",
-        "VOICEBUS_TTS_ADDR": f"127.0.0.1:{ports['tts']}",
-        "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{ports['orchestrator']}",
-        "VOICEBUS_GATEWAY_ADDR": f"127.0.0.1:{ports['gateway']}",
-        "VOICEBUS_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        "VOICEBUS_AUTH_TOKEN": TOKEN,
-        "GROQ_API_KEY": "",
-    }
-    OUTPUT.mkdir(exist_ok=True)
-    log = (OUTPUT / "voicebus-up.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "voicebus.cli", "up"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"voicebus up exited early ({proc.returncode}); see {log.name}")
-        if b"voicebus: ready" in (OUTPUT / "voicebus-up.log").read_bytes():
-            break
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("stack not ready in 300 s")
-    yield {"proc": proc, "ports": ports, "env": env, "log": OUTPUT / "voicebus-up.log"}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+    up = VoicebusUp("stack", tmp_path_factory.mktemp("data"), {"VOICEBUS_AUTH_TOKEN": TOKEN})
+    yield {"proc": up.proc, "ports": up.ports, "env": up.env, "log": up.log_path}
+    up.stop(60)
 
 
 SERVICES = {
