@@ -90,6 +90,7 @@ async def test_push_to_talk_shows_transcript_answer_and_plays_audio(stack, brows
     finally:
         await page.screenshot(path=str(output_dir("browser") / "push-to-talk.png"))
     vb = await state(page)
+    assert not vb["errors"], vb["errors"]
     # Streamed WebM/Opus through the streaming recognizer: one word may be missed.
     assert word_error_rate(QUESTION, vb["lastTranscript"]) <= 0.34, vb
     assert vb["lastResponse"].strip(), vb
@@ -129,5 +130,8 @@ async def test_push_to_talk_shows_transcript_answer_and_plays_audio(stack, brows
     await page.set_viewport_size({"width": 390, "height": 844})
     await asyncio.sleep(0.5)  # let the drawer's slide-out transition finish
     await page.screenshot(path=str(output_dir("browser") / "phone.png"))
-    assert not (await state(page))["errors"], (await state(page))["errors"]
+    # The barge-in recording holds whatever part of Chromium's looping fake microphone was
+    # playing: when that was the silence, "nothing was heard" is the right answer.
+    errors = [e for e in (await state(page))["errors"] if not e.startswith("Nothing was heard")]
+    assert not errors, errors
     await page.context.close()

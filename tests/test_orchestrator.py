@@ -23,7 +23,7 @@ def service_env(nats_url: str, data_dir: str, ports: dict[str, int]) -> dict[str
         "VOICEBUS_STT_ADDR": f"127.0.0.1:{ports['stt']}", "VOICEBUS_LLM_ADDR": f"127.0.0.1:{ports['llm']}",
         "VOICEBUS_TTS_ADDR": f"127.0.0.1:{ports['tts']}",
         "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{ports['orchestrator']}",
-        "VOICEBUS_HEARTBEAT_SECONDS": "0.5",
+        "VOICEBUS_HEARTBEAT_SECONDS": "0.5", "VOICEBUS_LLM_TEMPERATURE": "0",  # the same answer every run
     }
 
 
