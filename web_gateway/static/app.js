@@ -330,6 +330,7 @@
   async function startTalking() {
     if (holding) return;
     holding = true;
+    turnsEndedAtPress = vb.turnsFinished;
     clearError();
     player.unlock();
     const wasAnswering = player.playing || turnRunning;
@@ -368,13 +369,21 @@
     setState("listening");
   }
 
+  let turnsEndedAtPress = 0;  // turns finished before the talk button went down
   function stopTalking() {
     if (!holding) return;
     holding = false;
     if (recorder && recorder.state !== "inactive") {
       recorder.stop();
-      setState("thinking");
-      waitForAnswer();
+      // The server may have ended the utterance on its own silence detection and answered
+      // while the button was still held: then there is nothing left to wait for.
+      const answered = !turnRunning && vb.turnsFinished > turnsEndedAtPress;
+      if (answered) {
+        setState(player.playing ? "speaking" : "idle");
+      } else {
+        setState("thinking");
+        waitForAnswer();
+      }
     }
   }
 
