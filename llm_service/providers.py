@@ -6,6 +6,8 @@ HTTP status, connection); the server decides what that means (fall back or fail)
 
 from __future__ import annotations
 
+import abc
+
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -41,14 +43,15 @@ class Sampling:
 StreamItem = str | Completion
 
 
-class Provider:
+class Provider(abc.ABC):
     name: str = ""
     models: list[str]  # the first is the default
     # Why the provider cannot answer at all (no API key...); None = ready.
     unavailable_reason: str | None = None
 
+    @abc.abstractmethod
     def stream(self, messages: Sequence[Message], model: str, sampling: Sampling) -> AsyncIterator[StreamItem]:
-        raise NotImplementedError
+        """Text deltas as they come, then one `Completion`; `ProviderError` when it cannot answer."""
 
     async def close(self) -> None:
         pass
