@@ -82,6 +82,7 @@ class ConverseSession:
         self._running: asyncio.Task[assistant_pb2.Turn] | None = None
         self._running_turn: assistant_pb2.Turn | None = None
         self._watchdogs: set[asyncio.Task[None]] = set()
+        self._runners: dict[str, TurnRunner] = {}  # running turns, by id
         self._listen: Span | None = None  # the span of the recording being received
         self._stream_links: list[Link] = []
 
@@ -126,6 +127,8 @@ class ConverseSession:
                     return
                 if item.turn_id in self._dead_turns and item.WhichOneof("event") != "turn_interrupted":
                     continue  # queued before the barge-in: never delivered
+                if runner := self._runners.get(item.turn_id):
+                    runner.delivered(item)
                 yield item
         finally:
             ACTIVE_STREAMS.dec()
@@ -337,6 +340,8 @@ class ConverseSession:
             span.end()
             return
         runner = TurnRunner(self.deps, turn, self.config.options, self.emit)
+        runner.record_on_emit = False  # the writer loop in run() marks what it hands out
+        self._runners[turn.turn_id] = runner
         self._running_turn = turn
         self._running = asyncio.create_task(self._run_turn(runner, user, span))
 
@@ -344,6 +349,7 @@ class ConverseSession:
         try:
             return await runner.run(user, span)
         finally:
+            self._runners.pop(runner.turn.turn_id, None)
             self.locks.release(self.conversation_id, runner.turn.turn_id)
             if self._running is asyncio.current_task():
                 self._running, self._running_turn = None, None

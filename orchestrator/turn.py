@@ -61,15 +61,27 @@ class TurnRunner:
     def __init__(self, deps: Deps, turn: assistant_pb2.Turn, options: assistant_pb2.TurnOptions, emit: Emit) -> None:
         self.deps, self.turn, self.options, self._emit = deps, turn, options, emit
         self.sent_text: list[str] = []  # response deltas sent to the client
-        self.spoken: dict[int, str] = {}  # sentence index -> text, for sentences whose audio was sent
+        # sentence index -> text, for sentences whose audio reached the client: what a barge-in
+        # leaves on record. A Converse stream marks them as its writer hands them out
+        # (record_on_emit=False); otherwise emitting is delivering.
+        self.spoken: dict[int, str] = {}
+        self.record_on_emit = True
         self.degraded: list[assistant_pb2.StageDegraded] = []
         self._first_audio_at = 0.0
 
     # -- helpers -----------------------------------------------------------------------------
     def emit(self, **event: object) -> None:
-        self._emit(assistant_pb2.ConverseResponse(conversation_id=self.turn.conversation_id,
+        response = assistant_pb2.ConverseResponse(conversation_id=self.turn.conversation_id,
                                                   turn_id=self.turn.turn_id, trace_id=self.turn.trace_id,
-                                                  **event))  # type: ignore[arg-type]
+                                                  **event)  # type: ignore[arg-type]
+        if self.record_on_emit:
+            self.delivered(response)
+        self._emit(response)
+
+    def delivered(self, event: assistant_pb2.ConverseResponse) -> None:
+        """The client got `event`: a sentence's audio counts as heard."""
+        if event.WhichOneof("event") == "audio" and event.audio.text:
+            self.spoken.setdefault(event.audio.sentence_index, event.audio.text)
 
     def _degrade(self, stage: int, message: str) -> None:
         degraded = assistant_pb2.StageDegraded(stage=stage, message=message)
@@ -96,8 +108,6 @@ class TurnRunner:
             self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_FIRST_AUDIO_SENT, self.turn)
         self.turn.providers.tts_engine = sentence.engine
         self.turn.providers.tts_voice = sentence.voice
-        if sentence.text:
-            self.spoken.setdefault(sentence.sentence_index, sentence.text)
         self.emit(audio=assistant_pb2.AudioOutput(chunk=sentence.audio, sentence_index=sentence.sentence_index,
                                                   text=sentence.text))
 

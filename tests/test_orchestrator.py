@@ -174,8 +174,12 @@ async def test_barge_in_stops_the_old_answer(stack):
         index = [e.WhichOneof("event") for e in after].index("turn_interrupted")
         assert all(e.turn_id != old_turn for e in after[index + 1:]), "old answer leaked after the interrupt"
         # What was delivered: the spoken sentences, a prefix of the whole answer text.
-        spoken = [e.audio.text for e in seen + after[:index] if e.WhichOneof("event") == "audio"]
-        assert interrupted.assistant_text.startswith(spoken[0])
+        # Exactly the sentences whose audio reached us, nothing the server had queued behind them.
+        heard: dict[int, str] = {}
+        for e in seen + after[:index]:
+            if e.WhichOneof("event") == "audio" and e.turn_id == old_turn and e.audio.text:
+                heard.setdefault(e.audio.sentence_index, e.audio.text)
+        assert interrupted.assistant_text == " ".join(heard[i] for i in sorted(heard))
         full = "".join(e.response_delta.text for e in seen + after[:index]
                        if e.WhichOneof("event") == "response_delta" and e.turn_id == old_turn)
         assert len(interrupted.assistant_text) <= len(full.strip())
