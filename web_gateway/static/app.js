@@ -142,7 +142,7 @@
     }
     const event = JSON.parse(data);
     vb.events.push(event.type);
-    if (vb.events.length > 300) vb.events.shift();
+    if (vb.events.length > 5000) vb.events.shift();  // a bounded log of event types, for tests and debugging
     const handler = handlers[event.type];
     if (handler) handler(event);
   }
