@@ -1,0 +1,31 @@
+"""The orchestrator's fast test layer: scripted fake STT/LLM/TTS servers (fake_services.py).
+
+This folder has no __init__.py on purpose: with one, pytest would import it as the package
+`orchestrator` and hide the real one. Test modules here are imported by their file name
+alone (like those in tests/), so their names must differ from every other test module's,
+and `from fake_services import ...` works because the folder is on sys.path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+# The repository root must be importable too: tests/ is on sys.path, and its folder
+# `orchestrator/` (this one) would otherwise pass for a namespace package of that name.
+for folder in (str(HERE), str(ROOT)):
+    if folder not in sys.path:
+        sys.path.insert(0 if folder == str(HERE) else len(sys.path), folder)
+
+from fake_services import FakeServices  # noqa: E402
+
+
+@pytest.fixture
+async def fake_services():
+    """Default fakes of all three stages, started; tests that script them build their own."""
+    async with FakeServices() as fakes:
+        yield fakes
