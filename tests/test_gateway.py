@@ -388,3 +388,111 @@ async def test_ws_without_token_is_closed_4401(stack, how):
     async with connect(stack.ws_url + f"?token={TOKEN}", open_timeout=10) as ws:
         await ws.send(json.dumps({"type": "ping"}))
         assert json.loads(await ws.recv()) == {"type": "pong"}
+
+
+# ---- the relay table: every Converse event kind, exactly as the wire has always carried it ------
+def _converse_samples() -> list:
+    from google.protobuf import timestamp_pb2
+
+    from voicebus.v1 import assistant_pb2 as a
+    from voicebus.v1 import audio_pb2, common_pb2
+
+    turn = a.Turn(turn_id="t1", conversation_id="c1", index=2, user_text="hi", assistant_text="hello",
+                  language_code="en", outcome=a.TURN_OUTCOME_COMPLETED,
+                  timings=a.StageTimings(stt_seconds=0.123456, llm_seconds=1.5, total_seconds=2.25),
+                  providers=a.TurnProviders(stt_model="tiny.en", llm_provider="local", fallbacks=["groq"]),
+                  created_at=timestamp_pb2.Timestamp(seconds=1700000000), trace_id="ab" * 16)
+    cut, failed = a.Turn(), a.Turn()
+    cut.CopyFrom(turn)
+    cut.outcome, cut.interrupted = a.TURN_OUTCOME_INTERRUPTED, True
+    failed.CopyFrom(turn)
+    failed.outcome = a.TURN_OUTCOME_FAILED
+    pcm = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=22050)
+    ids = dict(conversation_id="c1", turn_id="t1", trace_id="ab" * 16)
+    return [
+        a.ConverseResponse(conversation_id="c1", conversation_opened=a.ConversationOpened(created=True)),
+        a.ConverseResponse(**ids, turn_started=a.TurnStarted(input="audio")),
+        a.ConverseResponse(**ids, speech_started=a.UserSpeechStarted()),
+        a.ConverseResponse(**ids, transcript=a.TranscriptUpdate(text="hi", is_final=True, language_code="en",
+                                                                confidence=0.87654)),
+        a.ConverseResponse(**ids, response_delta=a.ResponseDelta(text="hel")),
+        a.ConverseResponse(**ids, audio=a.AudioOutput(chunk=audio_pb2.AudioChunk(
+            data=b"\1\2\3\4", format=pcm, sequence=3, duration_seconds=0.123456), sentence_index=1, text="Hello.")),
+        a.ConverseResponse(**ids, degraded=a.StageDegraded(stage=common_pb2.STAGE_TTS, message="tts down")),
+        a.ConverseResponse(**ids, turn_interrupted=a.TurnCompleted(turn=cut)),
+        a.ConverseResponse(**ids, turn_completed=a.TurnCompleted(turn=turn)),
+        a.ConverseResponse(**ids, turn_failed=a.TurnFailed(turn=failed, stage=common_pb2.STAGE_LLM, message="no model")),
+        a.ConverseResponse(conversation_id="c1", error=common_pb2.StreamError(code=3, message="bad",
+                                                                              stage=common_pb2.STAGE_INPUT)),
+        a.ConverseResponse(conversation_id="c1", error=common_pb2.StreamError(code=99, message="odd")),
+    ]
+
+
+def _turn_wire(outcome: str, interrupted: bool = False) -> dict:
+    return {"turn_id": "t1", "conversation_id": "c1", "index": 2, "user_text": "hi", "assistant_text": "hello",
+            "language": "en", "outcome": outcome, "interrupted": interrupted,
+            "timings": {"stt_seconds": 0.1235, "llm_first_token_seconds": 0.0, "llm_seconds": 1.5,
+                        "tts_first_chunk_seconds": 0.0, "first_audio_seconds": 0.0, "total_seconds": 2.25},
+            "providers": {"stt_model": "tiny.en", "llm_provider": "local", "llm_model": "", "tts_engine": "",
+                          "tts_voice": "", "fallbacks": ["groq"]},
+            "error_message": "", "created_at": "2023-11-14T22:13:20Z", "trace_id": "ab" * 16}
+
+
+# What the if/elif relay sent for _converse_samples() before it became a table (captured then).
+RELAY_WIRE = [
+    '{"type": "conversation_opened", "conversation_id": "c1", "created": true, "turn_count": 0}',
+    {"type": "turn_started", "input": "audio"},
+    {"type": "speech_started"},
+    {"type": "transcript", "text": "hi", "final": True, "language": "en", "confidence": 0.877},
+    {"type": "response_delta", "text": "hel"},
+    {"type": "audio", "sequence": 3, "sentence_index": 1, "text": "Hello.", "encoding": "pcm16",
+     "sample_rate": 22050, "channels": 1, "duration": 0.1235, "bytes": 4},
+    b"\1\2\3\4",
+    {"type": "degraded", "stage": "tts", "message": "tts down"},
+    {"type": "turn_interrupted", "turn": _turn_wire("interrupted", True)},
+    {"type": "turn_completed", "turn": _turn_wire("completed")},
+    {"type": "turn_failed", "turn": _turn_wire("failed"), "stage": "llm", "message": "no model"},
+    '{"type": "error", "conversation_id": "c1", "code": "invalid_argument", "status": 422, "message": "bad", '
+    '"stage": "input", "retryable": false, "fatal": false}',
+    '{"type": "error", "conversation_id": "c1", "code": "upstream_error", "status": 502, "message": "odd", '
+    '"stage": "unspecified", "retryable": false, "fatal": false}',
+]
+
+
+def _wire_text(expected: dict) -> str:
+    """A turn event as the relay writes it: type, conversation, turn and trace ids first."""
+    kind, rest = expected["type"], {k: v for k, v in expected.items() if k != "type"}
+    return json.dumps({"type": kind, "conversation_id": "c1", "turn_id": "t1", "trace_id": "ab" * 16, **rest})
+
+
+async def test_relay_sends_every_event_kind_byte_for_byte_as_before():
+    from voicebus.v1 import assistant_pb2
+    from web_gateway.observability import GatewayMetrics
+    from web_gateway.ws import ConverseBridge
+    from web_gateway.ws_events import EVENT_FIELDS
+
+    kinds = {f.name for f in assistant_pb2.ConverseResponse.DESCRIPTOR.oneofs_by_name["event"].fields}
+    assert set(EVENT_FIELDS) == kinds  # a new event in the proto needs its converter
+
+    class RecordingSocket:
+        scope = {"state": {"request_id": "r1"}}
+
+        def __init__(self) -> None:
+            self.frames: list[str | bytes] = []
+
+        async def send_text(self, text: str) -> None:
+            self.frames.append(text)
+
+        async def send_bytes(self, data: bytes) -> None:
+            self.frames.append(data)
+
+    socket, metrics = RecordingSocket(), GatewayMetrics()
+    bridge = ConverseBridge(socket, None, metrics)
+    for response in _converse_samples():
+        await bridge.relay(response)
+    expected = [e if isinstance(e, (str, bytes)) else _wire_text(e) for e in RELAY_WIRE]
+    assert socket.frames == expected
+    assert bridge.config.conversation_id == "c1"
+    counted = {s.labels["outcome"]: s.value for family in metrics.registry.collect() for s in family.samples
+               if s.name == "voicebus_gateway_turns_total" and s.labels.get("route") == "ws"}
+    assert counted == {"interrupted": 1.0, "completed": 1.0, "failed": 1.0}

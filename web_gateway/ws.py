@@ -28,10 +28,11 @@ from opentelemetry import trace
 
 from voicebus.telemetry import extract_context, trace_id_of, traceparent_of
 from voicebus.v1 import assistant_pb2, audio_pb2
-from web_gateway.convert import STAGES, degraded_json, input_format, output_format, turn_json
-from web_gateway.errors import CODE_NAMES, GRPC_TO_HTTP, ApiError, from_grpc
+from web_gateway.convert import input_format, output_format
+from web_gateway.errors import ApiError, from_grpc
 from web_gateway.observability import GatewayMetrics, WsTurnSpans
 from web_gateway.security import chosen_subprotocol, websocket_authorized
+from web_gateway.ws_events import TURN_ENDS, event_json
 
 log = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
@@ -234,53 +235,19 @@ class ConverseBridge:
             self.reader = None
 
     async def relay(self, r: assistant_pb2.ConverseResponse) -> None:
-        kind = r.WhichOneof("event")
-        base: dict[str, Any] = {"type": kind, "conversation_id": r.conversation_id}
-        if r.turn_id:
-            base["turn_id"] = r.turn_id
-        if r.trace_id:
-            base["trace_id"] = r.trace_id
-        data: bytes | None = None
-        if kind == "conversation_opened":
+        event, data = event_json(r)
+        kind = event["type"]
+        if kind == "conversation_opened":  # audio after a stream error reopens this conversation
             self.config.conversation_id = r.conversation_id
-            base.update(created=r.conversation_opened.created, turn_count=r.conversation_opened.turn_count)
-        elif kind == "turn_started":
-            base["input"] = r.turn_started.input
-        elif kind == "transcript":
-            t = r.transcript
-            base.update(text=t.text, final=t.is_final, language=t.language_code, confidence=round(t.confidence, 3))
-        elif kind == "response_delta":
-            base["text"] = r.response_delta.text
         elif kind == "audio":
-            chunk = r.audio.chunk
-            encoding = audio_pb2.AudioEncoding.Name(chunk.format.encoding).removeprefix("AUDIO_ENCODING_").lower()
-            base.update(sequence=chunk.sequence, sentence_index=r.audio.sentence_index, text=r.audio.text,
-                        encoding=encoding, sample_rate=chunk.format.sample_rate_hz,
-                        channels=chunk.format.channels or 1, duration=round(chunk.duration_seconds, 4),
-                        bytes=len(chunk.data))
-            data = chunk.data
             self._first_audio(r.turn_id)
-        elif kind == "degraded":
-            base.update(degraded_json(r.degraded))
-        elif kind in ("turn_completed", "turn_interrupted"):
-            completed = getattr(r, kind).turn
-            base["turn"] = turn_json(completed)
-            self.metrics.turns.labels("ws", base["turn"]["outcome"]).inc()
-        elif kind == "turn_failed":
-            base.update(turn=turn_json(r.turn_failed.turn), stage=STAGES.get(r.turn_failed.stage, "unspecified"),
-                        message=r.turn_failed.message)
-            self.metrics.turns.labels("ws", "failed").inc()
-        elif kind == "error":
-            e = r.error
-            status_code = CODE_NAMES.get(e.code, grpc.StatusCode.UNKNOWN)
-            http_status, code = GRPC_TO_HTTP.get(status_code, (502, "upstream_error"))
-            base.update(code=code, status=http_status, message=e.message, stage=STAGES.get(e.stage, "unspecified"),
-                        retryable=e.retryable, fatal=False)
+        elif kind in TURN_ENDS:
+            self.metrics.turns.labels("ws", "failed" if kind == "turn_failed" else event["turn"]["outcome"]).inc()
         if ended := self.spans.event(r.trace_id, r.turn_id, kind or "", r.conversation_id):
             with trace.use_span(ended):  # the log line carries the turn's trace id
                 log.info("ws turn", extra={"fields": {"conversation_id": r.conversation_id, "turn_id": r.turn_id,
                                                       "event": kind}})
-        await self.send_json(base, data)
+        await self.send_json(event, data)
 
     def _first_audio(self, turn_id: str) -> None:
         if turn_id in self.first_audio_seen:
