@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from voicebus.audio import WHISPER_RATE, AudioError, check_pcm_rate, pcm16_to_float
+from voicebus.audio import WHISPER_RATE, AudioError, check_container_rate, check_pcm_rate, pcm16_to_float
 from voicebus.v1 import audio_pb2
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,12 @@ CONTAINER_FORMATS = {
 }
 
 FORMAT_NAMES = {"matroska": "WebM", "ogg": "Ogg", "wav": "WAV", "mp3": "MP3", "flac": "FLAC"}
+# `probesize`: bytes read to learn the stream's parameters (a small value starts decoding
+# sooner). `formatprobesize`: bytes read to guess the container when the client named
+# none. FFmpeg's default (1 MiB) meant a hands-free client streaming garbage heard
+# nothing until it stopped; every container we accept is recognised within 2 KB
+# (WebM, Ogg, MP3, FLAC, WAV from tests/stt_support.encode), so 8 KB is plenty.
+OPEN_OPTIONS = {"probesize": "4096", "formatprobesize": "8192"}
 
 
 @dataclass
@@ -193,7 +199,7 @@ class StreamingAudioInput:
     def _run_container(self) -> None:
         fmt = CONTAINER_FORMATS[self.encoding]
         try:
-            container = av.open(self._feed, mode="r", format=fmt, options={"probesize": "4096"})
+            container = av.open(self._feed, mode="r", format=fmt, options=OPEN_OPTIONS)
         except (av.error.FFmpegError, ValueError, EOFError, OSError) as exc:
             if self._feed.received == 0:
                 return  # no bytes at all: an empty stream, not a broken one
@@ -203,6 +209,7 @@ class StreamingAudioInput:
         with container:
             if not container.streams.audio:
                 raise AudioError("the streamed container has no audio track")
+            check_container_rate(container.streams.audio[0].codec_context.sample_rate)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=WHISPER_RATE)
             try:
                 for frame in container.decode(audio=0):

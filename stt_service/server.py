@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from stt_service.audio_input import StreamingAudioInput
 from stt_service.engine import InferenceQueue, Overloaded, UnsupportedLanguage, WhisperEngine, make_transcript
 from stt_service.settings import SttSettings
 from stt_service.streaming import StreamingRecognizer, StreamOptions
-from voicebus.audio import SUPPORTED_PCM_RATES, WHISPER_RATE, AudioError, decode_audio
+from voicebus.audio import (SUPPORTED_PCM_RATES, WHISPER_RATE, AudioError, check_wav_header, decode_audio,
+                            too_long)
 from voicebus.logs import request_id_var
 from voicebus.metrics import QUEUE_DEPTH, STT_SECONDS
 from voicebus.telemetry import tracer
@@ -33,23 +34,8 @@ class InvalidInput(ValueError):
     """A request that breaks the protocol (not the audio itself)."""
 
 
-def wav_truncation(data: bytes) -> str | None:
-    """Why a WAV file is cut short, or None. (FFmpeg quietly decodes what is there.)"""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    offset, byte_rate = 12, 0
-    while offset + 8 <= len(data):
-        chunk, size = data[offset:offset + 4], struct.unpack("<I", data[offset + 4:offset + 8])[0]
-        if chunk == b"fmt " and offset + 20 <= len(data):
-            byte_rate = struct.unpack("<I", data[offset + 16:offset + 20])[0]
-        if chunk == b"data":
-            present = len(data) - offset - 8
-            if size not in (0, 0xFFFFFFFF) and size > present + 1 and byte_rate:
-                return (f"the WAV file is truncated: its header announces {size / byte_rate:.2f} s of audio "
-                        f"but only {present / byte_rate:.2f} s are there")
-            return None
-        offset += 8 + size + (size & 1)
-    return None
+def undecodable(exc: DecodeError) -> str:
+    return f"a message of the stream is not a StreamingTranscribeRequest ({exc})"
 
 
 def check_config(config: stt_pb2.RecognitionConfig) -> None:
@@ -77,14 +63,16 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
             language = self.engine.language_for(request.config.language_code)
             if len(request.audio) > s.stt_max_audio_mb * 1_000_000:
                 raise AudioError(f"the audio is {len(request.audio) / 1e6:.1f} MB; the limit is {s.stt_max_audio_mb:g} MB")
-            if problem := wav_truncation(request.audio):
-                raise AudioError(problem)
+            if request.config.encoding != audio_pb2.AUDIO_ENCODING_PCM16:
+                check_wav_header(request.audio, s.stt_max_audio_seconds)  # bad input is refused even when busy
             self.jobs.check_room()  # fail fast, before spending time on decoding
+            # decode_audio refuses absurd sample rates and over-long audio from the header, and
+            # stops decoding past the limit: one request holds at most stt_max_audio_seconds of samples.
             audio = await asyncio.to_thread(decode_audio, request.audio, request.config.encoding,
-                                            request.config.sample_rate_hz)
+                                            request.config.sample_rate_hz, max_seconds=s.stt_max_audio_seconds)
             duration = audio.size / WHISPER_RATE
             if duration > s.stt_max_audio_seconds:
-                raise AudioError(f"the audio lasts {duration:.0f} s; the limit is {s.stt_max_audio_seconds:g} s")
+                raise too_long(duration, s.stt_max_audio_seconds)
             with tracer(__name__).start_as_current_span("stt.transcribe", attributes={
                     "stt.audio_seconds": duration, "stt.model": self.engine.name,
                     "stt.language_hint": language or ""}) as span:
@@ -134,7 +122,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
         audio_in: StreamingAudioInput | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            first = await anext(aiter(request_iterator), None)
+            first = await self._first(request_iterator)
             if first is None or first.WhichOneof("request") != "config":
                 raise InvalidInput("the first message of a stream must be the config (RecognitionConfig); "
                                    + ("the stream was empty" if first is None else "audio came first"))
@@ -167,6 +155,14 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
                 task.cancel()
 
     @staticmethod
+    async def _first(requests: AsyncIterator[stt_pb2.StreamingTranscribeRequest],
+                     ) -> stt_pb2.StreamingTranscribeRequest | None:
+        try:
+            return await anext(aiter(requests), None)
+        except DecodeError as exc:
+            raise InvalidInput(undecodable(exc)) from None
+
+    @staticmethod
     async def _read(requests: AsyncIterator[stt_pb2.StreamingTranscribeRequest], audio_in: StreamingAudioInput,
                     items: asyncio.Queue[object]) -> None:
         """Client messages to the input thread; never waits for recognition."""
@@ -181,6 +177,9 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
         except InvalidInput as exc:
             audio_in.stop()
             items.put_nowait(exc)
+        except DecodeError as exc:  # bytes that are no StreamingTranscribeRequest, mid-stream
+            audio_in.stop()
+            items.put_nowait(InvalidInput(undecodable(exc)))
         except (grpc.RpcError, aio.AbortError, aio.UsageError):  # the client went away
             audio_in.stop()
 

@@ -12,6 +12,7 @@ rate, audio cut short, a lost second of a 3 s sentence) costs 30 % or far more.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
+import hostile_audio
 from helpers import ServiceProcess, free_port, word_error_rate, words
 from stt_support import (SENTENCES, encode, pcm16, pcm_chunks, pcm_config, run_stream, silence, speech, split)
 from voicebus.v1 import audio_pb2, stt_pb2, stt_pb2_grpc
@@ -37,16 +39,21 @@ def start_stt(nats_url: str, data_dir: Path, **env: str) -> tuple[ServiceProcess
 
 
 @pytest.fixture(scope="module")
-def stt(nats_server, tmp_path_factory):
+def stt_channel(nats_server, tmp_path_factory):
     service, channel = start_stt(nats_server.url, tmp_path_factory.mktemp("stt-data"),
                                  VOICEBUS_STT_MAX_AUDIO_MB="2", VOICEBUS_STT_MAX_AUDIO_SECONDS=str(MAX_AUDIO_SECONDS),
                                  VOICEBUS_STT_MAX_STREAM_SECONDS=str(MAX_STREAM_SECONDS))
-    yield stt_pb2_grpc.SpeechToTextStub(channel)
+    yield channel
     channel.close()
     code = service.stop()
     logs = service.log_path.read_text(errors="replace")
     assert code == 0, logs[-3000:]
     assert "Traceback" not in logs, logs[-3000:]
+
+
+@pytest.fixture(scope="module")
+def stt(stt_channel):
+    return stt_pb2_grpc.SpeechToTextStub(stt_channel)
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +252,85 @@ def test_bad_streams_are_invalid_argument_and_service_keeps_serving(stt, voices)
         assert_invalid(call, *fragments)
         run = run_stream(stt, pcm_config(), good, interval=0)
         assert words(run.finals()[0].transcript.text) == words(SENTENCES[0])
+
+
+# --- Hostile audio: refused before it costs memory, and at once --------------------------
+
+MEMORY_BOUND_MB = 100  # one request may hold 60 s of 16 kHz float32 (4 MB) and its bytes; never hundreds
+
+
+def hostile_files() -> dict[str, tuple[bytes, str]]:
+    """Each: (file, a fragment of the INVALID_ARGUMENT message). Unbounded, each used to
+    cost hundreds of MB: 8 KB at 1 Hz became 4,000 s of 16 kHz audio (+470 MB measured)."""
+    return {
+        "1 Hz": (hostile_audio.wav(1, bytes(8_000)), "sample rate of 1 hz"),
+        "4 GHz": (hostile_audio.wav(0xFFFFFFFF, bytes(8_000)), "sample rate of 4294967295 hz"),
+        # Past the chunks the header check reads: FFmpeg's own reading of it is checked too.
+        "1 Hz behind 100 chunks": (hostile_audio.wav(1, bytes(8_000), junk_chunks=100), "sample rate of 1 hz"),
+        "two hours announced, one second there": (
+            hostile_audio.wav(8_000, bytes(16_000), data_size=8_000 * 2 * 7_200), "lasts 7200 s"),
+        # Honest headers, compressed: decoding stops at the limit instead of making the hour.
+        "an hour of FLAC silence": (hostile_audio.flac_silence(3_600), f"lasts {MAX_AUDIO_SECONDS + 1} s"),
+    }
+
+
+def test_hostile_files_are_refused_and_memory_stays_bounded(nats_server, tmp_path, voices):
+    service, channel = start_stt(nats_server.url, tmp_path, VOICEBUS_STT_MAX_AUDIO_MB="2",
+                                 VOICEBUS_STT_MAX_AUDIO_SECONDS=str(MAX_AUDIO_SECONDS))
+    try:
+        stub = stt_pb2_grpc.SpeechToTextStub(channel)
+        assert_good_request_works(stub, voices)  # the model and decoders are loaded: the baseline
+        baseline = hostile_audio.rss_mb(service.proc.pid)
+        for name, (data, fragment) in hostile_files().items():
+            assert_invalid(lambda: transcribe(stub, data), fragment)
+            grown = hostile_audio.rss_mb(service.proc.pid) - baseline
+            assert grown < MEMORY_BOUND_MB, (name, grown)
+        one_hz = hostile_audio.wav(1, bytes(8_000))
+        wav_config = stt_pb2.RecognitionConfig(encoding=audio_pb2.AUDIO_ENCODING_WAV)
+        assert_invalid(lambda: run_stream(stub, wav_config, split(one_hz, 1_000), interval=0), "sample rate of 1 hz")
+        assert hostile_audio.rss_mb(service.proc.pid) - baseline < MEMORY_BOUND_MB
+        assert_good_request_works(stub, voices)
+    finally:
+        channel.close()
+        service.stop()
+
+
+def test_undecodable_stream_is_reported_before_the_client_stops(stt, voices):
+    """A hands-free client never half-closes: garbage must be refused while it still streams
+    (FFmpeg used to read 1 MiB, or wait for the end, before giving up on a format)."""
+    still_streaming = threading.Event()
+    stop = threading.Event()
+
+    def requests():
+        yield stt_pb2.StreamingTranscribeRequest(config=stt_pb2.RecognitionConfig())  # format: detect it
+        for _ in range(10):
+            yield stt_pb2.StreamingTranscribeRequest(audio=b"definitely not audio " * 100)
+        still_streaming.set()
+        stop.wait(30)  # holds the stream open, as a microphone does
+        still_streaming.clear()
+
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in stt.StreamingTranscribe(requests(), timeout=60):
+            pass
+    refused_while_streaming = still_streaming.is_set()
+    stop.set()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert "not audio in a format we can decode" in caught.value.details()
+    assert refused_while_streaming
+    good = [pcm16(np.concatenate([silence(0.2), voices[0][1], silence(0.7)]))]
+    assert words(run_stream(stt, pcm_config(), good, interval=0).finals()[0].transcript.text) == words(SENTENCES[0])
+
+
+def test_bytes_that_are_no_request_end_a_stream_with_invalid_argument(stt, stt_channel, voices):
+    raw = stt_channel.stream_stream("/voicebus.v1.SpeechToText/StreamingTranscribe", request_serializer=None,
+                                response_deserializer=None)
+    config = stt_pb2.StreamingTranscribeRequest(config=pcm_config()).SerializeToString()
+    for messages in ([b"\xff\xff\xff"], [config, b"\x12\x80"]):  # corrupt first, or after the config
+        with pytest.raises(grpc.RpcError) as caught:
+            list(raw(iter(messages), timeout=30))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+        assert "not a StreamingTranscribeRequest" in caught.value.details()
+    assert_good_request_works(stt, voices)
 
 
 # --- Overload ------------------------------------------------------------------------
