@@ -57,8 +57,14 @@ def from_grpc(exc: grpc.aio.AioRpcError) -> ApiError:
     return ApiError(status, code, message)
 
 
+def lone_surrogate_message(where: str) -> str:
+    return f"{where} holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode"
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+    # A message may quote the client's input; a lone surrogate in it would make the error
+    # itself unencodable (a 500 instead of the 4xx), so such characters go out escaped.
+    return {"error": {"code": code, "message": message.encode("utf-8", "backslashreplace").decode("utf-8")}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -76,6 +82,10 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse(error_body("invalid_json", "the request body is not valid JSON"), status_code=400)
+        if unencodable := [e for e in errors if e.get("type") == "string_unicode"]:
+            # A lone surrogate in a nested field: the answer web_gateway.limits gives for the others.
+            where = ".".join(str(p) for p in unencodable[0].get("loc", ()) if p != "body")
+            return JSONResponse(error_body("invalid_argument", lone_surrogate_message(where)), status_code=422)
         parts = []
         for e in errors[:5]:
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")

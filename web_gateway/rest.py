@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 from voicebus.v1 import assistant_pb2, audio_pb2
 from web_gateway.convert import (MIME_TYPES, OUTCOMES, conversation_json, degraded_json, history_messages,
                                  input_format, looks_like_audio, providers_json, timings_json)
+from web_gateway import limits
 from web_gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
 
 def _options(language: str | None, synthesize: bool) -> assistant_pb2.TurnOptions:
     return assistant_pb2.TurnOptions(
-        language_code=(language or "").strip(), synthesize_audio=synthesize,
+        language_code=limits.language(language), synthesize_audio=synthesize,
         output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV))
 
 
@@ -154,7 +155,7 @@ async def process_audio(
     audio_format = input_format(format, sample_rate)
     _check_audio(data, request.app.state.settings.max_upload_bytes(), audio_format)
     turn_request = assistant_pb2.ProcessTurnRequest(
-        conversation_id=(conversation_id or "").strip(), audio=data, audio_format=audio_format,
+        conversation_id=limits.conversation_id(conversation_id), audio=data, audio_format=audio_format,
         options=_options(language, synthesize_audio))
     return await _run_turn(request, "process_audio", turn_request)
 
@@ -169,11 +170,13 @@ async def chat(request: Request, body: ChatRequest) -> dict[str, Any]:
     has_audio, has_text = bool(body.audio_base64), body.text is not None
     if has_audio == has_text:
         raise ApiError(422, "invalid_request", "send exactly one of `audio_base64` and `text`")
+    limits.check_unicode(body.model_dump(exclude={"audio_base64"}))  # base64 is ASCII or invalid_base64
+    limits.history(body.history)
     turn_request = assistant_pb2.ProcessTurnRequest(
-        conversation_id=(body.conversation_id or "").strip(), history=history_messages(
+        conversation_id=limits.conversation_id(body.conversation_id), history=history_messages(
             [m.model_dump() for m in body.history]), options=_options(body.language, body.synthesize_audio))
     if has_text:
-        text = (body.text or "").strip()
+        text = limits.text((body.text or "").strip())
         if not text:
             raise ApiError(422, "empty_text", "`text` is empty")
         turn_request.text = text
@@ -194,16 +197,23 @@ async def list_conversations(
     request: Request, page_size: int = Query(50, ge=1, le=500), page_token: str = Query(""),
 ) -> dict[str, Any]:
     reply = await _stub(request).ListConversations(
-        assistant_pb2.ListConversationsRequest(page_size=page_size, page_token=page_token),
+        assistant_pb2.ListConversationsRequest(page_size=page_size, page_token=limits.page_token(page_token)),
         timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
     return {"conversations": [conversation_json(c, with_turns=False) for c in reply.conversations],
             "next_page_token": reply.next_page_token}
 
 
+def _existing_id(conversation_id: str) -> str:
+    """A path's id as it is (no stripping: " abc" is not "abc"); one that cannot exist is a 404."""
+    if limits.conversation_id(conversation_id) != conversation_id or not conversation_id:
+        raise ApiError(404, "not_found", f"no conversation {conversation_id[:40]!r}")
+    return conversation_id
+
+
 @router.get("/conversations/{conversation_id}", summary="One conversation with its turns, oldest first")
 async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
     reply = await _stub(request).GetConversation(
-        assistant_pb2.GetConversationRequest(conversation_id=conversation_id),
+        assistant_pb2.GetConversationRequest(conversation_id=_existing_id(conversation_id)),
         timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
     return conversation_json(reply.conversation, with_turns=True)
 
@@ -211,6 +221,6 @@ async def get_conversation(request: Request, conversation_id: str) -> dict[str, 
 @router.delete("/conversations/{conversation_id}", status_code=204, summary="Delete a conversation and its turns")
 async def delete_conversation(request: Request, conversation_id: str) -> Response:
     await _stub(request).DeleteConversation(
-        assistant_pb2.DeleteConversationRequest(conversation_id=conversation_id),
+        assistant_pb2.DeleteConversationRequest(conversation_id=_existing_id(conversation_id)),
         timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
     return Response(status_code=204)

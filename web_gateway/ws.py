@@ -28,6 +28,7 @@ from opentelemetry import trace
 
 from voicebus.telemetry import extract_context, trace_id_of, traceparent_of
 from voicebus.v1 import assistant_pb2, audio_pb2
+from web_gateway import limits
 from web_gateway.convert import input_format, output_format
 from web_gateway.errors import ApiError, from_grpc
 from web_gateway.observability import GatewayMetrics, WsTurnSpans
@@ -101,9 +102,16 @@ class ConverseBridge:
         try:
             message = json.loads(raw)
             kind = message.get("type") if isinstance(message, dict) else None
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a 5,000-digit number, nesting too deep
             await self.send_json(_error_event("invalid_json", 400, "control messages must be JSON objects"))
             return
+        try:
+            limits.check_unicode(message)
+            await self.dispatch(kind, message)
+        except ApiError as refused:  # the message is refused; the socket and the stream go on
+            await self.send_json(_error_event(refused.code, refused.status, refused.message))
+
+    async def dispatch(self, kind: Any, message: Any) -> None:
         if kind == "start":
             await self.on_start(message)
         elif kind == "audio_start":
@@ -128,6 +136,7 @@ class ConverseBridge:
             if not isinstance(text, str) or not text.strip():
                 await self.send_json(_error_event("empty_text", 422, "`text` must be a non-empty string"))
                 return
+            limits.text(text.strip())
             self.turn_clock = time.perf_counter()
             if await self.ensure_stream():
                 span = self.spans.begin("text", str(message.get("traceparent") or ""))
@@ -136,13 +145,23 @@ class ConverseBridge:
             await self.send_json({"type": "pong"})
         else:
             await self.send_json(_error_event(
-                "invalid_message", 400, f"unknown message type {kind!r}; expected start, end_of_audio, text, "
-                                        "interrupt, audio_start or ping"))
+                "invalid_message", 400, f"unknown message type {repr(kind)[:60]}; expected start, end_of_audio, "
+                                        "text, interrupt, audio_start or ping"))
 
     async def on_start(self, message: dict[str, Any]) -> None:
         try:
+            conversation_id = limits.conversation_id(str(message.get("conversation_id") or ""))
+        except ApiError as unknown:
+            # An id that cannot exist gets what an unknown one gets from the orchestrator (which is
+            # not asked): the stream ends, and the client must start again.
+            await self.close_stream(cancel=True)
+            self.stream_failed, self.told_to_restart = True, False
+            await self.send_json(_error_event(unknown.code, unknown.status, unknown.message, fatal=True))
+            return
+        try:
             self.config = self.start_config(message)
-        except (ApiError, TypeError, ValueError) as exc:
+            self.config.conversation_id = conversation_id
+        except (ApiError, TypeError, ValueError, OverflowError) as exc:
             text = exc.message if isinstance(exc, ApiError) else f"bad start message: {exc}"
             await self.send_json(_error_event("invalid_start", 422, text))
             return
@@ -153,16 +172,17 @@ class ConverseBridge:
 
     @staticmethod
     def start_config(m: dict[str, Any]) -> assistant_pb2.ConverseConfig:
+        """The stream's config from a `start` (its conversation id is checked by on_start)."""
         return assistant_pb2.ConverseConfig(
-            conversation_id=str(m.get("conversation_id") or ""),
             input_format=input_format(m.get("format"), m.get("sample_rate")),
             interim_results=bool(m.get("interim_results", True)),
             end_of_utterance_silence_ms=int(m.get("end_of_utterance_silence_ms") or 0),
             options=assistant_pb2.TurnOptions(
-                language_code=str(m.get("language") or ""),
+                language_code=limits.language(str(m.get("language") or "")),
                 output_format=output_format(m.get("output_format"), m.get("output_sample_rate")),
                 synthesize_audio=bool(m.get("synthesize_audio", True)),
-                voice=str(m.get("voice") or ""), tts_engine=str(m.get("tts_engine") or "")))
+                voice=limits.name(m.get("voice"), "voice"),
+                tts_engine=limits.name(m.get("tts_engine"), "tts_engine")))
 
     # ---- gRPC side ------------------------------------------------------------------
     async def put(self, request: assistant_pb2.ConverseRequest) -> None:
