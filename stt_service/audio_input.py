@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from voicebus.audio import WHISPER_RATE, AudioError, check_container_rate, check_pcm_rate, pcm16_to_float
+from voicebus.audio import WHISPER_RATE, AudioError, check_audio_stream, check_pcm_rate, pcm16_to_float
 from voicebus.v1 import audio_pb2
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class StreamingAudioInput:
         with container:
             if not container.streams.audio:
                 raise AudioError("the streamed container has no audio track")
-            check_container_rate(container.streams.audio[0].codec_context.sample_rate)
+            check_audio_stream(container.streams.audio[0])
             resampler = av.AudioResampler(format="flt", layout="mono", rate=WHISPER_RATE)
             try:
                 for frame in container.decode(audio=0):

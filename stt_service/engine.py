@@ -132,9 +132,9 @@ class WhisperEngine:
         if short not in self.model.supported_languages:
             if not self.multilingual:
                 raise UnsupportedLanguage(
-                    f"the model {self.name} understands English only, not '{code}'; "
+                    f"the model {self.name} understands English only, not '{code[:40]}'; "
                     "start the STT service with VOICEBUS_STT_MODEL=base for other languages")
-            raise UnsupportedLanguage(f"language '{code}' is not one Whisper knows")
+            raise UnsupportedLanguage(f"language '{code[:40]}' is not one Whisper knows")
         return short
 
     def window_for(self, audio_seconds: float, min_window: float) -> float | None:

@@ -28,10 +28,18 @@ from voicebus.v1 import audio_pb2, stt_pb2, stt_pb2_grpc
 
 log = logging.getLogger(__name__)
 _DONE = object()
+MAX_DETAILS = 1_000
 
 
 class InvalidInput(ValueError):
     """A request that breaks the protocol (not the audio itself)."""
+
+
+def details(exc: Exception) -> str:
+    """An error's message as status details. They travel as metadata, which gRPC caps at
+    16 KB: a message quoting 17 KB of a client's input would turn into RESOURCE_EXHAUSTED."""
+    message = str(exc)
+    return message if len(message) <= MAX_DETAILS else message[:MAX_DETAILS] + "..."
 
 
 def undecodable(exc: DecodeError) -> str:
@@ -81,9 +89,9 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
                                             fallback=True)
                 span.set_attributes({"stt.language": heard.language, "stt.inference_seconds": heard.seconds})
         except (AudioError, UnsupportedLanguage) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details(exc))
         except Overloaded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details(exc))
         transcript = make_transcript(heard.segments, heard.language, heard.language_probability, 0.0, duration,
                                      heard.dropped_no_speech)
         elapsed = time.perf_counter() - started
@@ -140,9 +148,9 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
                     raise item
                 yield item
         except (AudioError, InvalidInput, UnsupportedLanguage) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details(exc))
         except Overloaded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details(exc))
         except (aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:  # never a stack trace to the client; the log has it

@@ -271,6 +271,8 @@ def hostile_files() -> dict[str, tuple[bytes, str]]:
             hostile_audio.wav(8_000, bytes(16_000), data_size=8_000 * 2 * 7_200), "lasts 7200 s"),
         # Honest headers, compressed: decoding stops at the limit instead of making the hour.
         "an hour of FLAC silence": (hostile_audio.flac_silence(3_600), f"lasts {MAX_AUDIO_SECONDS + 1} s"),
+        # Found by tests/test_fuzz.py: a track FFmpeg has no decoder for was an UNKNOWN status.
+        "0-bit samples": (hostile_audio.wav(16_000, bytes(4_000), bits=0), "codec we cannot decode"),
     }
 
 

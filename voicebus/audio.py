@@ -64,6 +64,13 @@ def check_container_rate(rate: int) -> None:
                          f"{MIN_CONTAINER_RATE} to {MAX_CONTAINER_RATE} Hz")
 
 
+def check_audio_stream(stream: av.audio.stream.AudioStream) -> None:
+    """The track can be decoded, at a real sample rate (read from the header, before decoding)."""
+    if stream.codec_context is None:  # FFmpeg found the track but no decoder for it
+        raise AudioError("the audio track uses a codec we cannot decode")
+    check_container_rate(stream.codec_context.sample_rate)
+
+
 def too_long(seconds: float, max_seconds: float) -> AudioError:
     return AudioError(f"the audio lasts {seconds:.0f} s; the limit is {max_seconds:g} s")
 
@@ -123,7 +130,7 @@ def decode_container(data: bytes, rate: int = WHISPER_RATE, max_seconds: float |
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise AudioError("the file has no audio stream")
-            check_container_rate(container.streams.audio[0].codec_context.sample_rate)
+            check_audio_stream(container.streams.audio[0])
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
             pieces: list[np.ndarray] = []
             for frame in container.decode(audio=0):
