@@ -91,14 +91,14 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
         if request.provider:
             providers = [p for p in providers if p.name == request.provider]
             if not providers:
-                raise BadRequest(f"unknown provider '{request.provider}'; this server has: "
+                raise BadRequest(f"unknown provider '{request.provider[:40]}'; this server has: "
                                  f"{', '.join(p.name for p in self.providers)}")
         if not request.model:
             return [(p, p.models[0]) for p in providers]
         chain = [(p, request.model) for p in providers if request.model in p.models]
         if not chain:
             known = "; ".join(f"{p.name}: {', '.join(p.models)}" for p in providers)
-            raise BadRequest(f"unknown model '{request.model}'; available: {known}")
+            raise BadRequest(f"unknown model '{request.model[:40]}'; available: {known}")
         return chain
 
     def _sampling(self, request: llm_pb2.GenerateRequest) -> Sampling:

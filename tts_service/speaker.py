@@ -68,7 +68,7 @@ class Speaker:
 
     def voices(self, language: str = "", engine: str = "") -> list[VoiceInfo]:
         if engine and engine not in ENGINES:
-            raise InvalidRequest(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+            raise InvalidRequest(f"unknown engine {engine[:40]!r}; engines: {', '.join(ENGINES)}")
         wanted = normalise_language(language)
         return [voice for name in ENGINES if not engine or name == engine
                 for voice in self._engine_voices(name)
@@ -101,12 +101,12 @@ class Speaker:
                     return voice
         where = f"engine {engine}" if engine else "any engine"
         known = ", ".join(v.name for v in self.voices(engine=engine)[:12])
-        raise InvalidRequest(f"unknown voice {name!r} for {where}; ListVoices lists them (e.g. {known})")
+        raise InvalidRequest(f"unknown voice {name[:40]!r} for {where}; ListVoices lists them (e.g. {known})")
 
     def plan(self, config: tts_pb2.SynthesisConfig) -> SpeechPlan:
         engine = config.engine.strip().lower()
         if engine and engine not in ENGINES:
-            raise InvalidRequest(f"unknown engine {config.engine!r}; engines: {', '.join(ENGINES)}")
+            raise InvalidRequest(f"unknown engine {config.engine[:40]!r}; engines: {', '.join(ENGINES)}")
         language = normalise_language(config.language_code) or "en"
         if config.voice:
             voice = self._find_voice(config.voice, engine)
@@ -117,7 +117,7 @@ class Speaker:
             found = next((v for e in order if (v := self.default_voice(e, language))), None)
             if found is None:
                 where = f"engine {engine}" if engine else "no installed engine"
-                raise InvalidRequest(f"{where} has no voice for language {config.language_code!r}; "
+                raise InvalidRequest(f"{where} has no voice for language {config.language_code[:40]!r}; "
                                      "ListVoices lists the languages spoken here")
             voice = found
         other = next(e for e in ENGINES if e != voice.engine)
