@@ -19,11 +19,13 @@ from pathlib import Path
 
 import av
 import grpc
+import httpx
 import numpy as np
 import pytest
 from grpc import aio
 
 from helpers import ServiceProcess, free_port, word_error_rate
+from tts_service.capacity import Busy, SynthesisSlots
 from voicebus.audio import decode_audio, decode_container
 from voicebus.packaged_models import package_dir
 from voicebus.text import SentenceSplitter, split_sentences
@@ -431,27 +433,151 @@ async def test_pyttsx3_failure_falls_back_to_piper_and_leaves_no_files(tmp_path,
     assert list(work_dir.iterdir()) == []  # the private folder went with the service
 
 
-async def test_too_many_concurrent_syntheses_is_resource_exhausted(tmp_path, nats_server):
-    service, _ = start_tts(tmp_path, nats_server.url, VOICEBUS_TTS_MAX_CONCURRENT_REQUESTS="1")
+# ---------------------------------------------------------------- capacity
+
+def start_tts_with_metrics(tmp: Path, nats_url: str, **env: str) -> tuple[ServiceProcess, str]:
+    """A TTS service and the URL of its /metrics (on a free port above its gRPC port)."""
+    port = free_port()
+    while (metrics_port := free_port()) <= port:
+        pass
+    service = ServiceProcess("tts_service", f"127.0.0.1:{port}", {
+        "VOICEBUS_TTS_ADDR": f"127.0.0.1:{port}", "VOICEBUS_NATS_URL": nats_url,
+        "VOICEBUS_TTS_WORK_DIR": str(tmp / "work"), "VOICEBUS_METRICS_PORT_OFFSET": str(metrics_port - port),
+        **env}, name=f"tts-{tmp.name}")
+    return service.wait_healthy(60), f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+def gauge(metrics_url: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+async def test_slots_are_handed_out_first_come_first_served():
+    slots = SynthesisSlots(2, max_waiting=10, max_wait_seconds=60)
+    order: list[int] = []
+
+    async def sentence(n: int, started: asyncio.Event) -> None:
+        started.set()
+        async with slots.slot():
+            order.append(n)
+            await asyncio.sleep(0)
+
+    await slots.acquire()
+    await slots.acquire()  # both slots taken: everyone below waits in line
+    for n in range(6):
+        started = asyncio.Event()
+        asyncio.get_running_loop().create_task(sentence(n, started))
+        await started.wait()
+        await asyncio.sleep(0)  # it is in line before the next one comes
+    assert (slots.running, slots.waiting) == (2, 6)
+    slots.release()
+    slots.release()
+    while slots.running:
+        await asyncio.sleep(0)
+    assert order == list(range(6))
+    assert (slots.running, slots.waiting) == (0, 0)
+
+
+async def test_slots_refuse_only_when_the_line_is_full_or_the_wait_too_long():
+    slots = SynthesisSlots(1, max_waiting=1, max_wait_seconds=0.05)
+    await slots.acquire()
+    waiter = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    assert slots.waiting == 1
+    with pytest.raises(Busy) as full:  # one slot busy, the one place in line taken
+        await slots.acquire()
+    assert "waiting line is full" in str(full.value) and "VOICEBUS_TTS_MAX_WAITING_SENTENCES=1" in str(full.value)
+    with pytest.raises(Busy) as late:
+        await waiter
+    assert "no slot came free within 0.05 s" in str(late.value)
+    assert (slots.running, slots.waiting) == (1, 0)
+    slots.release()
+    await asyncio.wait_for(slots.acquire(), 1)  # free again: taken at once
+
+
+async def test_a_caller_that_leaves_the_line_passes_its_turn_on():
+    slots = SynthesisSlots(1, max_waiting=5, max_wait_seconds=60)
+    await slots.acquire()
+    leaver = asyncio.ensure_future(slots.acquire())
+    stayer = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    leaver.cancel()  # barge-in while waiting
+    await asyncio.sleep(0)
+    slots.release()
+    await asyncio.wait_for(stayer, 1)
+    assert leaver.cancelled() and (slots.running, slots.waiting) == (1, 0)
+    # Handed a slot and cancelled at the same moment: the slot goes on, it is not lost.
+    third = asyncio.ensure_future(slots.acquire())
+    fourth = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # to `third`, which is cancelled before it runs
+    third.cancel()
+    await asyncio.wait_for(fourth, 1)
+    assert (slots.running, slots.waiting) == (1, 0)
+
+
+async def test_streams_waiting_for_text_hold_no_slot(tmp_path, nats_server):
+    """12 answers at once on a service with 8 slots, their text arriving late (the LLM is still
+    thinking): every one is spoken, none is RESOURCE_EXHAUSTED."""
+    service, metrics_url = start_tts_with_metrics(tmp_path, nats_server.url, VOICEBUS_TTS_MAX_CONCURRENT_REQUESTS="8")
     try:
         async with aio.insecure_channel(service.address) as channel:
             stub = tts_pb2_grpc.TextToSpeechStub(channel)
-            long_call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=" ".join(SENTENCES * 2)), timeout=120)
-            first = await long_call.read()  # the long request is now being served
-            assert first.sentence.sentence_index == 0
-            with pytest.raises(aio.AioRpcError) as caught:
-                [r async for r in stub.Synthesize(tts_pb2.SynthesizeRequest(text="Hello."), timeout=60)]
-            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "busy" in caught.value.details()
-            rest = await read_rest(long_call)
-            assert len(rest) == len(SENTENCES) * 2 - 1
-            await assert_still_serving(service.address)  # the slot is free again
+            calls = [stub.StreamingSynthesize(timeout=120) for _ in range(12)]
+            for n, call in enumerate(calls):
+                await call.write(tts_pb2.StreamingSynthesizeRequest(
+                    request_id=f"late-{n}", config=tts_pb2.SynthesisConfig(engine="piper")))
+            # Every call is open on the server before any text comes (a call refused at its
+            # start would be over: stop waiting then, the assertions below say why).
+            readers = [asyncio.ensure_future(read_rest(call)) for call in calls]
+            while gauge(metrics_url, "voicebus_rpc_in_flight") < 12 and not any(r.done() for r in readers):
+                await asyncio.sleep(0.1)
+            for n, call in enumerate(calls):
+                if not readers[n].done():
+                    await call.write(tts_pb2.StreamingSynthesizeRequest(text=SENTENCES[n % 6]))
+                    await call.done_writing()
+            outcomes = await asyncio.gather(*readers, return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, Exception)]
+        assert not refused, refused
+        for n, replies in enumerate(outcomes):
+            assert {r.request_id for r in replies} == {f"late-{n}"}
+            assert [r.sentence.text for r in replies] == [SENTENCES[n % 6]]
+            assert_plausible_duration(replies[0].sentence.audio.duration_seconds, SENTENCES[n % 6])
+    finally:
+        service.stop()
+
+
+async def test_a_full_line_is_resource_exhausted_and_the_service_recovers(tmp_path, nats_server):
+    # One slot and no waiting at all: sentences that meet must be refused, clearly.
+    service, metrics_url = start_tts_with_metrics(tmp_path, nats_server.url, VOICEBUS_TTS_MAX_CONCURRENT_REQUESTS="1",
+                                                  VOICEBUS_TTS_MAX_WAITING_SENTENCES="0")
+    try:
+        async with aio.insecure_channel(service.address) as channel:
+            stub = tts_pb2_grpc.TextToSpeechStub(channel)
+            texts = [" ".join(SENTENCES[:3])] + [SENTENCES[n % 6] for n in range(10)]
+            calls = [stub.Synthesize(tts_pb2.SynthesizeRequest(text=text), timeout=120) for text in texts]
+            outcomes = await asyncio.gather(*(read_rest(call) for call in calls), return_exceptions=True)
+            refused = [o for o in outcomes if isinstance(o, Exception)]
+            assert refused, "11 calls at once on one slot, and not one met another?"
+            for outcome, text in zip(outcomes, texts):
+                if isinstance(outcome, Exception):
+                    assert isinstance(outcome, aio.AioRpcError), outcome
+                    assert outcome.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, outcome
+                    assert "the speech service is busy" in outcome.details(), outcome.details()
+                    assert "VOICEBUS_TTS_MAX_CONCURRENT_REQUESTS=1" in outcome.details()
+                else:
+                    assert " ".join(r.sentence.text for r in outcome) == text  # whole, or refused
+            assert gauge(metrics_url, "voicebus_queue_depth", queue="tts_synthesis") == 0
+            await assert_still_serving(service.address)  # nothing kept its slot
 
             # A client that hangs up (barge-in) frees its slot too.
             cancelled = stub.Synthesize(tts_pb2.SynthesizeRequest(text=" ".join(SENTENCES * 2)), timeout=120)
             await cancelled.read()
             cancelled.cancel()
-            for _ in range(50):
+            for _ in range(100):
                 try:
                     await assert_still_serving(service.address)
                     break
@@ -459,6 +585,6 @@ async def test_too_many_concurrent_syntheses_is_resource_exhausted(tmp_path, nat
                     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     await asyncio.sleep(0.1)
             else:
-                pytest.fail("the cancelled call still holds its slot after 5 s")
+                pytest.fail("the cancelled call still holds its slot after 10 s")
     finally:
         service.stop()

@@ -3,13 +3,14 @@
 Both synthesis calls share one pipeline (`_speak`): sentences in text order → the plan's
 engine, one sentence at a time (so audio order is text order) → the response's encoder
 → one message per sentence, sent as soon as it exists. In StreamingSynthesize a separate
-task reads the client's text, so receiving never waits on synthesis.
+task reads the client's text, so receiving never waits on synthesis. A call holds one of
+the service's synthesis slots only while it synthesises a sentence (tts_service.capacity):
+a stream waiting for the LLM's text holds none.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 import grpc
 from grpc import aio
 
+from tts_service.capacity import Busy, SynthesisSlots
 from tts_service.encoding import ResponseEncoder
 from tts_service.engines import EngineError
 from tts_service.settings import TtsSettings
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 _END = object()
 _SYNTHESIS_QUEUE = QUEUE_DEPTH.labels(queue="tts_synthesis")
+_WAITING = QUEUE_DEPTH.labels(queue="tts_waiting_for_slot")
 
 
 class _TextFeed:
@@ -65,20 +68,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     def __init__(self, speaker: Speaker, settings: TtsSettings) -> None:
         self.speaker = speaker
         self.max_text_chars = settings.tts_max_text_chars
-        self.max_concurrent = max(1, settings.tts_max_concurrent_requests)
-        self._active = 0
-
-    @contextlib.asynccontextmanager
-    async def _slot(self, context: aio.ServicerContext) -> AsyncIterator[None]:
-        if self._active >= self.max_concurrent:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the speech service is busy ({self._active} syntheses running, the limit is "
-                                f"{self.max_concurrent}); try again shortly")
-        self._active += 1
-        try:
-            yield
-        finally:
-            self._active -= 1
+        self.slots = SynthesisSlots(settings.tts_max_concurrent_requests, settings.tts_max_waiting_sentences,
+                                    settings.tts_max_wait_seconds)
+        _WAITING.set_function(lambda: self.slots.waiting)
 
     async def _plan(self, config: tts_pb2.SynthesisConfig, context: aio.ServicerContext) -> SpeechPlan:
         try:
@@ -94,45 +86,43 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def Synthesize(self, request: tts_pb2.SynthesizeRequest,
                          context: aio.ServicerContext) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         request_id_var.set(request.request_id)
-        async with self._slot(context):
-            if not request.text.strip():
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the text is empty: there is nothing to speak")
-            if len(request.text) > self.max_text_chars:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._too_long(len(request.text)))
-            plan = await self._plan(request.config, context)
+        if not request.text.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the text is empty: there is nothing to speak")
+        if len(request.text) > self.max_text_chars:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._too_long(len(request.text)))
+        plan = await self._plan(request.config, context)
 
-            async def sentences() -> AsyncIterator[tuple[int, str]]:
-                for item in enumerate(split_sentences(request.text)):
-                    yield item
+        async def sentences() -> AsyncIterator[tuple[int, str]]:
+            for item in enumerate(split_sentences(request.text)):
+                yield item
 
-            async for spoken in self._speak(plan, sentences(), context):
-                yield tts_pb2.SynthesizeResponse(request_id=request.request_id, sentence=spoken)
+        async for spoken in self._speak(plan, sentences(), context):
+            yield tts_pb2.SynthesizeResponse(request_id=request.request_id, sentence=spoken)
 
     async def StreamingSynthesize(
         self, request_iterator: AsyncIterable[tts_pb2.StreamingSynthesizeRequest], context: aio.ServicerContext,
     ) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
-        async with self._slot(context):
-            requests = request_iterator.__aiter__()
-            try:
-                first = await requests.__anext__()
-            except StopAsyncIteration:
-                first = None
-            if first is None or first.WhichOneof("request") != "config":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "the first message of StreamingSynthesize must carry the config "
-                                    f"(got {'nothing' if first is None else 'text'})")
-            request_id = first.request_id
-            request_id_var.set(request_id)
-            plan = await self._plan(first.config, context)
-            feed = _TextFeed()
-            reader = asyncio.create_task(self._read_text(requests, feed))
-            try:
-                async for spoken in self._speak(plan, feed.pieces(), context):
-                    yield tts_pb2.StreamingSynthesizeResponse(request_id=request_id, sentence=spoken)
-            except InvalidRequest as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            finally:
-                reader.cancel()
+        requests = request_iterator.__aiter__()
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            first = None
+        if first is None or first.WhichOneof("request") != "config":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the first message of StreamingSynthesize must carry the config "
+                                f"(got {'nothing' if first is None else 'text'})")
+        request_id = first.request_id
+        request_id_var.set(request_id)
+        plan = await self._plan(first.config, context)
+        feed = _TextFeed()
+        reader = asyncio.create_task(self._read_text(requests, feed))
+        try:
+            async for spoken in self._speak(plan, feed.pieces(), context):
+                yield tts_pb2.StreamingSynthesizeResponse(request_id=request_id, sentence=spoken)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            reader.cancel()
 
     async def _read_text(self, requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
                          feed: _TextFeed) -> None:
@@ -174,7 +164,18 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 was_fallen_back = plan.fallen_back
                 _SYNTHESIS_QUEUE.inc()
                 try:
-                    spoken = await self.speaker.speak(plan, text)
+                    # The slot is held for this sentence only: synthesis and encoding (both CPU).
+                    await self.slots.acquire()
+                    try:
+                        spoken = await self.speaker.speak(plan, text)
+                        if spoken.speech.samples.size:
+                            data, duration = await asyncio.to_thread(encoder.encode, spoken.speech.samples,
+                                                                     spoken.speech.sample_rate)
+                    finally:
+                        self.slots.release()
+                except Busy as exc:
+                    log.warning("busy", extra={"fields": {"error": str(exc)}})
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 except EngineError as exc:
                     log.error("synthesis failed", extra={"fields": {"error": str(exc)}})
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"speech synthesis failed: {exc}")
@@ -188,8 +189,6 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                                      "tts.fallback_used": spoken.fallback_used})
                 if spoken.speech.samples.size == 0:
                     continue  # nothing to say (punctuation only)
-                data, duration = await asyncio.to_thread(encoder.encode, spoken.speech.samples,
-                                                         spoken.speech.sample_rate)
                 span.set_attribute("tts.audio_seconds", duration)
             last = tts_pb2.SpokenSentence(
                 audio=audio_pb2.AudioChunk(data=data, format=audio_format, sequence=sequence,

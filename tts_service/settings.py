@@ -33,4 +33,10 @@ class TtsSettings(CommonSettings):
     tts_max_text_chars: int = Field(
         5000, description="Longest text of one request (Synthesize) or one stream (StreamingSynthesize).")
     tts_max_concurrent_requests: int = Field(
-        8, description="Synthesis calls served at once; more get RESOURCE_EXHAUSTED.")
+        8, description="Sentences synthesised at once. A call holds a slot only while it synthesises a "
+        "sentence (not while it waits for text); other sentences wait in line, first come first served.")
+    tts_max_waiting_sentences: int = Field(
+        64, description="Sentences that may wait in line for a synthesis slot; beyond that a call gets "
+        "RESOURCE_EXHAUSTED at once.")
+    tts_max_wait_seconds: float = Field(
+        30.0, description="Longest wait in line for a synthesis slot before RESOURCE_EXHAUSTED.")
