@@ -11,7 +11,10 @@
   const vb = window.voicebus = {
     state: "connecting", conversationId: null, lastTranscript: "", lastResponse: "",
     chunksReceived: 0, chunksScheduled: 0, chunksPlayed: 0, turnsFinished: 0, interruptions: 0, interruptsSent: 0,
-    lastTurn: null, errors: [], events: [],
+    lastTurn: null, lastBargeIn: null, errors: [], events: [],
+    // Event types in arrival order, per turn id: a turn's list is complete however long its
+    // answer, where the bounded `events` log above can lose a long turn's start.
+    turnEvents: {},
   };
 
   // ---- small helpers ---------------------------------------------------------
@@ -141,10 +144,24 @@
       return;
     }
     const event = JSON.parse(data);
-    vb.events.push(event.type);
-    if (vb.events.length > 5000) vb.events.shift();  // a bounded log of event types, for tests and debugging
+    recordEvent(event);
     const handler = handlers[event.type];
     if (handler) handler(event);
+  }
+
+  const KEPT_TURN_EVENTS = 50;  // turns whose event lists stay in vb.turnEvents
+  const recordedTurns = [];     // their ids, oldest first
+
+  function recordEvent(event) {
+    vb.events.push(event.type);
+    if (vb.events.length > 5000) vb.events.shift();  // a bounded log of event types, for debugging
+    if (!event.turn_id) return;
+    if (!vb.turnEvents[event.turn_id]) {
+      vb.turnEvents[event.turn_id] = [];
+      recordedTurns.push(event.turn_id);
+      if (recordedTurns.length > KEPT_TURN_EVENTS) delete vb.turnEvents[recordedTurns.shift()];
+    }
+    vb.turnEvents[event.turn_id].push(event.type);
   }
 
   const handlers = {
@@ -309,6 +326,9 @@
   // ---- barge-in -------------------------------------------------------------------
   function interruptAnswer() {
     const speaking = player.playing || turnRunning;
+    // What the interrupt cut, as the page saw it at that instant (a test reading it a moment
+    // later could find the answer already over).
+    if (speaking) vb.lastBargeIn = { playing: player.playing, turnRunning };
     player.stop();
     if (!speaking) return Promise.resolve();
     for (const turn of turns) if (turn.id && !turn.done) mutedTurns.add(turn.id);
