@@ -132,16 +132,21 @@ def test_second_turn_in_a_busy_conversation_is_409(client, stack):
     cid = client.post("/api/chat", headers=AUTH, json={"text": "Hi.", "synthesize_audio": False}).json()[
         "conversation_id"]
 
-    async def both() -> tuple[httpx.Response, httpx.Response]:
-        async with httpx.AsyncClient(base_url=stack.base, headers=AUTH, timeout=180) as c:
-            long = asyncio.create_task(c.post("/api/chat", json={
-                "text": "Tell me a long story about a dragon and a knight.", "conversation_id": cid}))
-            await asyncio.sleep(0.3)  # the first turn is running now (LLM + speech take seconds)
-            return await c.post("/api/chat", json={"text": "Hi.", "conversation_id": cid}), await long
+    async def both() -> tuple[httpx.Response, list[dict]]:
+        async with ws_connect(stack, additional_headers=AUTH) as ws, \
+                httpx.AsyncClient(base_url=stack.base, headers=AUTH, timeout=180) as c:
+            await ws.send(json.dumps({"type": "start", "conversation_id": cid}))
+            await ws.send(json.dumps({"type": "text", "text": "Tell me a long story about a dragon and a knight."}))
+            # The first turn is running once its answer streams (a fixed sleep raced a busy machine).
+            while not isinstance(m := await asyncio.wait_for(ws.recv(), 120), str) \
+                    or json.loads(m)["type"] != "response_delta":
+                assert isinstance(m, bytes) or json.loads(m)["type"] not in TURN_END, m
+            second = await c.post("/api/chat", json={"text": "Hi.", "conversation_id": cid})
+            return second, (await next_turn(ws))[0]
 
     second, first = asyncio.run(both())
     assert_error(second, 409, "aborted")
-    assert first.status_code == 200, first.text
+    assert first[-1]["type"] == "turn_completed", first[-1]
 
 
 # ---- bad input: a 4xx JSON error each, and the gateway keeps serving -----------------------
