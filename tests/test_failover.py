@@ -54,8 +54,16 @@ async def converse_text(address: str, text: str) -> list[assistant_pb2.ConverseR
 
 
 async def test_killed_stt_instance_mid_conversation(services, tmp_path):
-    # Both instances must be known before one dies.
-    await asyncio.sleep(1.5)
+    # Both instances must be known before one dies: wait for the orchestrator to log the second
+    # one's heartbeat (a fixed 1.5 s sleep raced a busy machine).
+    def second_known() -> bool:
+        return any("instance joined" in line and f':{services["ports"]["stt2"]}"' in line
+                   for line in services["procs"]["orchestrator"].logs().splitlines())
+    for _ in range(600):
+        if second_known():
+            break
+        await asyncio.sleep(0.1)
+    assert second_known(), "the orchestrator never heard the second STT's heartbeat"
     path = espeak_wav("What is the capital of France?", tmp_path / "q.wav", speed=170)
     with wave.open(str(path)) as w:
         pcm, rate = w.readframes(w.getnframes()), w.getframerate()
