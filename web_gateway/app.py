@@ -38,6 +38,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         channel = open_channel(settings.orchestrator_addr, settings)
+        app.state.channel = channel  # /readyz asks the orchestrator over the channel turns take
         app.state.stub = assistant_pb2_grpc.AssistantStub(channel)
         app.state.traces = None
         if settings.trace_view:
@@ -78,7 +79,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         """200 when the orchestrator and the services it needs are serving, else 503."""
-        services = await readiness(settings)
+        services = await readiness(settings, app.state.channel)
         ready = all(s["status"] == "SERVING" for s in services.values())
         return JSONResponse({"ready": ready, "services": services}, status_code=200 if ready else 503)
 
