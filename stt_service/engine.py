@@ -238,10 +238,16 @@ class _Job:
 class InferenceQueue:
     """One worker thread, jobs by priority: a stream's final overtakes a whole file waiting to
     be transcribed (a person is waiting for the final). At most `max_waiting` jobs wait
-    behind the running one; a job whose caller gives up before it starts leaves at once."""
+    behind the running one; a job whose caller gives up before it starts leaves at once.
 
-    def __init__(self, max_waiting: int) -> None:
+    A stream's final may also wait beyond that, up to `max_waiting_finals` more: 8 spoken
+    turns ending together each need one, and refusing one loses a turn the user has already
+    spoken (with 4 places, 3 of 8 concurrent spoken turns failed). Each stream has at most
+    one final waiting, so they are few; files and interims are refused first."""
+
+    def __init__(self, max_waiting: int, max_waiting_finals: int = 0) -> None:
         self.max_waiting = max_waiting
+        self.max_waiting_finals = max_waiting_finals
         self.in_flight = 0  # running + waiting; only touched on the event loop
         self._heap: list[tuple[int, int, _Job]] = []
         self._order = itertools.count()
@@ -258,8 +264,9 @@ class InferenceQueue:
     def has_room(self) -> bool:
         return self.in_flight <= self.max_waiting
 
-    def check_room(self) -> None:
-        if not self.has_room:
+    def check_room(self, priority: int = Priority.FILE) -> None:
+        room = self.max_waiting + (self.max_waiting_finals if priority == Priority.FINAL else 0)
+        if self.in_flight > room:
             raise Overloaded(f"the speech recognizer is busy ({self.in_flight} jobs in progress or waiting); "
                              "try again shortly or use another instance")
 
@@ -267,7 +274,7 @@ class InferenceQueue:
                **kwargs: Any) -> asyncio.Future[Any]:
         """Queue a job now (or raise Overloaded); await the returned future for its result.
         Cancelling the future withdraws the job if it has not started yet."""
-        self.check_room()
+        self.check_room(priority)
         job = _Job(asyncio.get_running_loop().create_future(), functools.partial(fn, *args, **kwargs))
         self.in_flight += 1
         job.future.add_done_callback(lambda _: self._withdraw(job))

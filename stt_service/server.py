@@ -57,7 +57,8 @@ def check_config(config: stt_pb2.RecognitionConfig) -> None:
 class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
     def __init__(self, engine: WhisperEngine, settings: SttSettings) -> None:
         self.engine, self.settings = engine, settings
-        self.jobs = InferenceQueue(max_waiting=settings.stt_max_queue)
+        self.jobs = InferenceQueue(max_waiting=settings.stt_max_queue,
+                                   max_waiting_finals=settings.stt_max_waiting_finals)
         QUEUE_DEPTH.labels(queue="stt_inference").set_function(lambda: self.jobs.in_flight)
 
     # --- Transcribe ---------------------------------------------------------------

@@ -33,6 +33,9 @@ class SttSettings(CommonSettings):
     stt_max_queue: int = Field(
         4, description="Inference jobs allowed to wait behind the running one; beyond that, "
         "RESOURCE_EXHAUSTED at once.")
+    stt_max_waiting_finals: int = Field(
+        16, description="Streaming finals (a spoken turn's transcript) that may wait beyond VOICEBUS_STT_MAX_QUEUE, "
+        "so spoken turns ending together are all heard; files and interims are refused first.")
     stt_max_audio_seconds: float = Field(600.0, description="Longest audio accepted by `Transcribe`.")
     stt_max_audio_mb: float = Field(25.0, description="Largest audio file accepted by `Transcribe` (MB).")
     stt_max_stream_seconds: float = Field(3600.0, description="Longest audio accepted in one streaming call.")

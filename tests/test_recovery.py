@@ -7,15 +7,20 @@ answers its health check must succeed (bench/load.py and the README give the tim
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 import subprocess
+import threading
 import time
 
+import grpc
 import httpx
 import pytest
 
 from gateway_stack import AUTH, start_stack
-from helpers import ServiceProcess, VoicebusUp
+from helpers import ServiceProcess, VoicebusUp, free_port, word_error_rate
+from stt_support import SENTENCES, pcm_chunks, pcm_config, run_stream, speech
+from voicebus.v1 import stt_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +89,37 @@ def test_the_first_turn_after_a_restarted_service_is_healthy_succeeds(stack, nam
     assert not turn["degraded"], summary(after)
     ready = httpx.get(f"{stack.base}/readyz", timeout=30)
     assert ready.status_code == 200, ready.text
+
+
+# ---------------------------------------------------------------- load
+
+def test_eight_spoken_turns_ending_together_are_all_heard(nats_server, tmp_path):
+    """Eight push-to-talk utterances released at the same moment on one STT instance with
+    the default queue (4 places): every one gets its final, none is RESOURCE_EXHAUSTED."""
+    address = f"127.0.0.1:{free_port()}"
+    service = ServiceProcess("stt_service", address, {
+        "VOICEBUS_STT_ADDR": address, "VOICEBUS_NATS_URL": nats_server.url, "VOICEBUS_DATA_DIR": str(tmp_path),
+        "VOICEBUS_STT_MAX_QUEUE": "4"}, name="stt-eight").wait_healthy()
+    texts = [SENTENCES[i % len(SENTENCES)] for i in range(8)]
+    audio = {text: speech(text, tmp_path, f"s{i}")[1] for i, text in enumerate(SENTENCES)}
+    together = threading.Barrier(len(texts))
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = stt_pb2_grpc.SpeechToTextStub(channel)
+
+            def utterance(text: str):
+                together.wait()  # every stream sends its speech and lets go of the button at once
+                return run_stream(stub, pcm_config(interim_results=False), pcm_chunks(audio[text], 0.1),
+                                  interval=0, timeout=120)
+
+            with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+                runs = list(pool.map(utterance, texts))  # an RpcError (RESOURCE_EXHAUSTED) fails here
+        for text, run in zip(texts, runs):
+            finals = run.finals()
+            assert len(finals) == 1, run.kinds()
+            assert word_error_rate(text, finals[0].transcript.text) <= 0.2, (text, finals[0].transcript.text)
+    finally:
+        service.stop()
 
 
 # ---------------------------------------------------------------- voicebus up supervises its children
