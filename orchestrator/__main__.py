@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from grpc import aio
 
+from orchestrator.conversations import Conversations
 from orchestrator.events import TurnEvents
 from orchestrator.registry import ServiceRegistry
 from orchestrator.server import AssistantServicer
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.store import ConversationStore
-from orchestrator.turn import Deps
+from orchestrator.recorder import Deps
 from voicebus.bus import EventBus
 from voicebus.grpc_server import run_service, start_process
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
+
+log = logging.getLogger("orchestrator")
 
 
 async def serve(settings: OrchestratorSettings) -> None:
     store = ConversationStore(settings.database())
     await store.open()
+    if failed := await store.fail_unfinished():
+        log.warning("turns left unfinished by a previous run marked failed", extra={"fields": {"turns": failed}})
     bus = EventBus(settings.nats_url, name="orchestrator-events")
     events = TurnEvents(bus)
     await bus.start()
     registry = ServiceRegistry(settings, settings.instance_retry_seconds)
     watcher = asyncio.create_task(registry.watch(bus))
-    deps = Deps(settings=settings, store=store, registry=registry, events=events)
+    deps = Deps(settings=settings, store=store, registry=registry, events=events, conversations=Conversations())
 
     def register(server: aio.Server) -> list[str]:
         assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(deps), server)

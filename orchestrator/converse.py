@@ -1,8 +1,10 @@
 """A `Converse` stream: audio, text and control messages in; turn events out.
 
-Reading the client's messages, transcribing, answering and writing events run as
-separate tasks, so a barge-in is handled the moment speech starts: the running turn is
-cancelled and its queued events are dropped before they reach the client.
+The session moves bytes and decides when turns begin; each turn is owned by its
+`TurnHandle`. Three tasks: the reader (client messages), a listener per recording (STT
+replies), and the writer (`run`, which hands events to gRPC). Every event waits in one
+outbox; the writer asks the event's turn whether it may still go (after a barge-in only the
+turn's end may) and tells the turn what it delivered.
 
 Tracing: the stream lives for many turns, so each turn gets a trace of its own rather
 than the stream's. A typed turn's span continues `ConverseRequest.traceparent` of its
@@ -25,14 +27,19 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, Status, StatusCode
 
-from orchestrator.clients import ReplayableStream, StageError, stt_stream
-from orchestrator.turn import Deps, TurnRunner, UserInput, turn_span
-from voicebus.audio import SUPPORTED_PCM_RATES
+from orchestrator import intake
+from orchestrator.clients import StageError
+from orchestrator.intake import InputError
+from orchestrator.listen import Recording
+from orchestrator.pipeline import run_turn
+from orchestrator.recorder import TurnRecorder
+from orchestrator.turn import TurnHandle, UserInput
 from voicebus.metrics import ACTIVE_STREAMS
-from voicebus.telemetry import attached, context_from_traceparent, current_trace_id, trace_id_of, tracer
-from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2, events_pb2, stt_pb2
+from voicebus.telemetry import attached, context_from_traceparent, trace_id_of, tracer
+from voicebus.v1 import assistant_pb2, common_pb2, stt_pb2
 
 log = logging.getLogger(__name__)
+Event = stt_pb2.SpeechEventType
 
 
 class StreamEnd(Exception):
@@ -43,74 +50,42 @@ class StreamEnd(Exception):
         self.code, self.message = code, message
 
 
-class ConversationLocks:
-    """At most one running turn per conversation, across streams and ProcessTurn calls."""
-
-    def __init__(self) -> None:
-        self._running: dict[str, str] = {}
-
-    def acquire(self, conversation_id: str, turn_id: str) -> bool:
-        if conversation_id in self._running:
-            return False
-        self._running[conversation_id] = turn_id
-        return True
-
-    def release(self, conversation_id: str, turn_id: str) -> None:
-        if self._running.get(conversation_id) == turn_id:
-            del self._running[conversation_id]
-
-
-def check_input_format(fmt: audio_pb2.AudioFormat) -> None:
-    if fmt.encoding == audio_pb2.AUDIO_ENCODING_PCM16 and fmt.sample_rate_hz not in SUPPORTED_PCM_RATES:
-        raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"PCM16 input needs a sample_rate_hz of {', '.join(map(str, SUPPORTED_PCM_RATES))}; "
-                        f"got {fmt.sample_rate_hz}")
+Outgoing = tuple[TurnHandle | None, assistant_pb2.ConverseResponse | StreamEnd | None]
 
 
 class ConverseSession:
-    def __init__(self, deps: Deps, locks: ConversationLocks) -> None:
-        self.deps, self.locks = deps, locks
+    def __init__(self, recorder: TurnRecorder) -> None:
+        self.recorder, self.deps = recorder, recorder.deps
         self.config = assistant_pb2.ConverseConfig()
         self.conversation_id = ""
-        self._out: asyncio.Queue[assistant_pb2.ConverseResponse | StreamEnd | None] = asyncio.Queue()
-        self._dead_turns: set[str] = set()
-        self._stt: ReplayableStream | None = None
-        self._stt_task: asyncio.Task[None] | None = None
-        self._audio_bytes = 0
-        self._pending: assistant_pb2.Turn | None = None  # the utterance being transcribed
+        self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.current: TurnHandle | None = None  # the turn being heard or answered: one at a time
+        self._recording: Recording | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._speech_end_at = 0.0
-        self._running: asyncio.Task[assistant_pb2.Turn] | None = None
-        self._running_turn: assistant_pb2.Turn | None = None
-        self._watchdogs: set[asyncio.Task[None]] = set()
-        self._runners: dict[str, TurnRunner] = {}  # running turns, by id
-        self._listen: Span | None = None  # the span of the recording being received
+        self._refused_utterance = False  # its speech started while the conversation was busy elsewhere
         self._stream_links: list[Link] = []
 
-    def _turn_parent(self, traceparent: str) -> tuple[otel_context.Context, list[Link]]:
-        """Where a turn's (or recording's) trace comes from: the client's traceparent, else a new
-        trace linked to the stream's span."""
-        parent = context_from_traceparent(traceparent)
-        if parent is not None:
-            return parent, []
-        return otel_context.Context(), self._stream_links
-
     # -- output ------------------------------------------------------------------------------
-    def emit(self, event: assistant_pb2.ConverseResponse) -> None:
-        if event.turn_id in self._dead_turns and event.WhichOneof("event") != "turn_interrupted":
-            return
-        self._out.put_nowait(event)
+    def put(self, handle: TurnHandle | None, event: assistant_pb2.ConverseResponse) -> None:
+        self._outbox.put_nowait((handle, event))
 
-    def _event(self, turn_id: str = "", **fields: object) -> None:
-        if turn_id and "trace_id" not in fields:  # every event of a turn names the turn's trace
-            fields["trace_id"] = next((t.trace_id for t in (self._pending, self._running_turn)
-                                       if t is not None and t.turn_id == turn_id), "")
-        self.emit(assistant_pb2.ConverseResponse(conversation_id=self.conversation_id, turn_id=turn_id,
-                                                 **fields))  # type: ignore[arg-type]
+    def _event(self, **fields: object) -> None:
+        self.put(None, assistant_pb2.ConverseResponse(conversation_id=self.conversation_id,
+                                                      **fields))  # type: ignore[arg-type]
 
-    def _error(self, code: grpc.StatusCode, message: str, stage: int, turn_id: str = "", trace_id: str = "") -> None:
-        ids = {"trace_id": trace_id} if trace_id else {}
-        self._event(turn_id, **ids, error=common_pb2.StreamError(
-            code=code.value[0], message=message, stage=stage, retryable=code == grpc.StatusCode.UNAVAILABLE))
+    def _error(self, error: InputError | StageError, stage: int, turn: TurnHandle | None = None,
+               trace_id: str = "") -> None:
+        event = assistant_pb2.ConverseResponse(
+            conversation_id=self.conversation_id, turn_id=turn.turn_id if turn else "",
+            trace_id=turn.turn.trace_id if turn else trace_id,
+            error=common_pb2.StreamError(code=error.code.value[0], message=error.message, stage=stage,
+                                         retryable=error.code in (grpc.StatusCode.UNAVAILABLE,
+                                                                  grpc.StatusCode.RESOURCE_EXHAUSTED)))
+        self.put(turn, event)
+
+    def _end(self, code: grpc.StatusCode, message: str) -> None:
+        self._outbox.put_nowait((None, StreamEnd(code, message)))
 
     async def run(self, requests: AsyncIterator[assistant_pb2.ConverseRequest]
                   ) -> AsyncIterator[assistant_pb2.ConverseResponse | StreamEnd]:
@@ -120,16 +95,16 @@ class ConverseSession:
         ACTIVE_STREAMS.inc()
         try:
             while True:
-                item = await self._out.get()
+                handle, item = await self._outbox.get()
                 if item is None or isinstance(item, StreamEnd):
                     if item is not None:
                         yield item
                     return
-                if item.turn_id in self._dead_turns and item.WhichOneof("event") != "turn_interrupted":
+                if handle is not None and not handle.deliverable(item):
                     continue  # queued before the barge-in: never delivered
-                if runner := self._runners.get(item.turn_id):
-                    runner.delivered(item)
                 yield item
+                if handle is not None:
+                    handle.on_delivered(item)
         finally:
             ACTIVE_STREAMS.dec()
             reader.cancel()
@@ -143,126 +118,137 @@ class ConverseSession:
             async for request in requests:
                 kind = request.WhichOneof("request")
                 if kind == "audio":
-                    await self._on_audio(request.audio, request.traceparent)
+                    self._on_audio(request.audio, request.traceparent)
                 elif kind == "end_of_audio":
-                    self._end_audio()
+                    self._end_recording()
                 elif kind == "text":
                     self._on_text(request.text, request.traceparent)
                 elif kind == "interrupt":
                     await self._interrupt()
                 elif kind == "config":
-                    raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "config was already sent; send it only once, first")
+                    raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "config was already sent; send it only once, first")
                 else:
-                    raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "empty message: set audio, text, interrupt "
-                                                                      "or end_of_audio")
+                    raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "empty message: set audio, text, interrupt or end_of_audio")
             # The client half-closed: finish what is under way, then end the stream.
-            self._end_audio()
-            if self._stt_task:
-                await self._stt_task
-            if self._running:
-                await self._running
-            self._out.put_nowait(None)
-        except StreamEnd as end:
-            self._out.put_nowait(end)
+            self._end_recording()
+            if self._listener:
+                await self._listener
+            if self.current:
+                await self.current.done.wait()
+            self._outbox.put_nowait((None, None))
+        except InputError as bad:
+            self._end(bad.code, bad.message)
         except Exception as exc:  # noqa: BLE001 - the client gets a status, not a hang
             log.exception("converse stream failed")
-            self._out.put_nowait(StreamEnd(grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}"))
+            self._end(grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}")
 
     async def _open(self, requests: AsyncIterator[assistant_pb2.ConverseRequest]) -> None:
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("request") != "config":
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a config")
+            raise InputError(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a config")
         self.config = first.config
-        check_input_format(self.config.input_format)
-        store = self.deps.store
+        intake.check_converse_config(self.config)
         if self.config.conversation_id:
-            if not await store.exists(self.config.conversation_id):
-                raise StreamEnd(grpc.StatusCode.NOT_FOUND, f"no conversation {self.config.conversation_id!r}")
+            if not await self.deps.store.exists(self.config.conversation_id):
+                raise InputError(grpc.StatusCode.NOT_FOUND, f"no conversation {self.config.conversation_id!r}")
             self.conversation_id, created = self.config.conversation_id, False
-        else:
-            self.conversation_id, created = await store.create_conversation(), True
-        count = await store.turn_count(self.conversation_id)
+        else:  # stored with its first turn
+            self.conversation_id, created = uuid.uuid4().hex, True
+        self.deps.conversations.watch(self.conversation_id, self._on_deleted)
+        count = await self.deps.store.turn_count(self.conversation_id)
         self._event(conversation_opened=assistant_pb2.ConversationOpened(created=created, turn_count=count))
 
-    async def _on_audio(self, data: bytes, traceparent: str = "") -> None:
+    def _on_deleted(self) -> None:
+        """Another call deleted this conversation (its running turn has ended unstored)."""
+        self._end(grpc.StatusCode.NOT_FOUND, f"conversation {self.conversation_id!r} was deleted")
+
+    def _trace_parent(self, traceparent: str) -> tuple[otel_context.Context | None, list[Link]]:
+        """Where a turn's (or recording's) trace comes from: the client's traceparent, else a new
+        trace linked to the stream's span."""
+        parent = context_from_traceparent(traceparent)
+        if parent is not None:
+            return parent, []
+        return otel_context.Context(), self._stream_links
+
+    def _new_turn(self, source: str, parent: object = None, links: list[Link] | None = None) -> TurnHandle | None:
+        """A turn's handle once the conversation is ours; None (and an ABORTED error) when another
+        stream or call is running a turn in it."""
+        turn_id = uuid.uuid4().hex
+        if not self.deps.conversations.claim(self.conversation_id, turn_id):
+            trace_id = trace_id_of(trace.get_current_span(parent)) if parent is not None else ""  # type: ignore[arg-type]
+            self._error(InputError(grpc.StatusCode.ABORTED, "another turn is running in this conversation"),
+                        common_pb2.STAGE_INPUT, trace_id=trace_id)
+            return None
+        handle = TurnHandle(self.recorder, self, self.conversation_id, source, self.config.options, parent, links,
+                            turn_id=turn_id)
+        self.deps.conversations.hold(handle)
+        self.current = handle
+        handle.start(run_turn)
+        return handle
+
+    def _on_text(self, text: str, traceparent: str = "") -> None:
+        parent, links = self._trace_parent(traceparent)
+        refused_trace = trace_id_of(trace.get_current_span(parent))  # so the client can close its turn span
+        try:
+            text = intake.check_text(text, self.deps.settings)
+            if self.current is not None and not self.current.done.is_set():
+                raise InputError(grpc.StatusCode.FAILED_PRECONDITION, "a turn is running; send interrupt first")
+        except InputError as bad:
+            self._error(bad, common_pb2.STAGE_INPUT, trace_id=refused_trace)
+            return
+        if handle := self._new_turn("text", parent, links):
+            handle.heard(UserInput(text=text, source="text", language=self.config.options.language_code))
+
+    async def _interrupt(self) -> None:
+        """Barge-in: the answer stops now; a turn still being heard goes on."""
+        if self.current is not None and not self.current.listening:
+            self.current.span.add_event("barge-in")
+            await self.current.interrupt()
+
+    # -- audio -------------------------------------------------------------------------------
+    def _on_audio(self, data: bytes, traceparent: str = "") -> None:
         if not data:
             return
-        self._audio_bytes += len(data)
-        if self._audio_bytes > self.deps.settings.max_audio_mb * 1024 * 1024:
-            raise StreamEnd(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"audio over the limit of {self.deps.settings.max_audio_mb:g} MB for one utterance")
-        if self._stt is None:
-            fmt = self.config.input_format
+        if self._recording is None:
+            settings, fmt = self.deps.settings, self.config.input_format
             config = stt_pb2.RecognitionConfig(
                 encoding=fmt.encoding, sample_rate_hz=fmt.sample_rate_hz,
                 language_code=self.config.options.language_code, interim_results=self.config.interim_results,
                 end_of_utterance_silence_ms=self.config.end_of_utterance_silence_ms)
-            parent, links = self._turn_parent(traceparent)
+            parent, links = self._trace_parent(traceparent)
             listen = tracer("voicebus.orchestrator").start_span(
                 "listen", context=parent, links=links, attributes={"voicebus.conversation_id": self.conversation_id})
-            self._listen = listen
-            self._stt = stt_stream(self.deps.registry, config, uuid.uuid4().hex)
+            self._recording = Recording(self.deps.registry, config, settings.max_audio_bytes,
+                                        settings.stt_outage_seconds, settings.stt_timeout_seconds,
+                                        note=self._note_failover)
+            self._recording.span = listen
             with attached(trace.set_span_in_context(listen)):  # the STT call and the turns heard are its children
-                self._stt_task = asyncio.create_task(self._transcribe(self._stt, listen))
-        self._stt.send(stt_pb2.StreamingTranscribeRequest(audio=data))
+                self._listener = asyncio.create_task(self._listen(self._recording, listen))
+        self._recording.send(data)
 
-    def _end_audio(self) -> None:
+    def _note_failover(self, text: str) -> None:
+        if self.current is not None:
+            self.recorder.note_fallback(self.current, text)
+
+    def _end_recording(self) -> None:
         """The recording ended: the final comes now; audio after this starts a new recording."""
-        if self._stt is not None:
+        if self._recording is not None:
             self._speech_end_at = self._speech_end_at or time.monotonic()
-            self._stt.close()
-            listen, self._listen = self._listen, None
-            if listen is not None:
-                listen.add_event("end_of_audio", {"audio_bytes": self._audio_bytes})
-            if self._stt_task is not None:
-                with attached(trace.set_span_in_context(listen) if listen else None):
-                    self._watchdogs.add(asyncio.create_task(self._final_deadline(self._stt, self._stt_task)))
-            self._stt = None
-            self._audio_bytes = 0
+            self._recording.close()
+            if self._recording.span is not None:
+                self._recording.span.add_event("end_of_audio")
+            self._recording = None
 
-    async def _final_deadline(self, stream: ReplayableStream, task: asyncio.Task[None]) -> None:
-        """Every utterance ends: no final within the STT deadline fails the turn instead of hanging."""
+    async def _listen(self, recording: Recording, listen: Span) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(task), self.deps.settings.stt_timeout_seconds)
-        except asyncio.TimeoutError:
-            stream.cancel()
-            task.cancel()
-            message = f"no transcript within {self.deps.settings.stt_timeout_seconds:g} s"
-            self._error(grpc.StatusCode.DEADLINE_EXCEEDED, message, common_pb2.STAGE_STT,
-                        self._pending.turn_id if self._pending else "")
-            if self._pending:
-                self._fail_pending(message)
-        except Exception:  # noqa: BLE001 - the task reports its own errors
-            pass
-
-    def _on_text(self, text: str, traceparent: str = "") -> None:
-        text = text.strip()
-        parent, links = self._turn_parent(traceparent)
-        # A refused text names the client's trace, so the client can close its turn span.
-        refused_trace = trace_id_of(trace.get_current_span(parent))
-        if not text:
-            self._error(grpc.StatusCode.INVALID_ARGUMENT, "empty text", common_pb2.STAGE_INPUT, trace_id=refused_trace)
-        elif len(text) > self.deps.settings.max_text_chars:
-            self._error(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"text is {len(text)} characters; the limit is {self.deps.settings.max_text_chars}",
-                        common_pb2.STAGE_INPUT, trace_id=refused_trace)
-        elif self._running:
-            self._error(grpc.StatusCode.FAILED_PRECONDITION, "a turn is running; send interrupt first",
-                        common_pb2.STAGE_INPUT, trace_id=refused_trace)
-        else:
-            span = turn_span(parent, links)
-            turn = self._new_turn("text", trace_id_of(span))
-            self._start(turn, UserInput(text=text, source="text", language=self.config.options.language_code), span)
-
-    # -- transcription -------------------------------------------------------------------------
-    async def _transcribe(self, stream: ReplayableStream, listen: Span) -> None:
-        try:
-            async for reply in stream.responses():
+            async for reply in recording.replies(self._on_outage):
                 kind = reply.WhichOneof("response")
-                if kind == "event" and reply.event.type == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED:
+                if kind == "event" and reply.event.type == Event.SPEECH_EVENT_TYPE_SPEECH_STARTED:
                     listen.add_event("speech_started", {"offset_seconds": reply.event.offset_seconds})
                     await self._on_speech_started()
-                elif kind == "event" and reply.event.type == stt_pb2.SPEECH_EVENT_TYPE_END_OF_UTTERANCE:
+                elif kind == "event" and reply.event.type == Event.SPEECH_EVENT_TYPE_END_OF_UTTERANCE:
                     listen.add_event("end_of_utterance", {"offset_seconds": reply.event.offset_seconds})
                     self._speech_end_at = self._speech_end_at or time.monotonic()
                 elif kind == "result":
@@ -271,106 +257,79 @@ class ConverseSession:
                                                    "stt.latency_seconds": reply.result.latency_seconds})
                     await self._on_result(reply.result, reply.model)
                 elif kind == "error":
-                    self._event(self._pending.turn_id if self._pending else "", error=reply.error)
+                    self.put(self._hearing(), assistant_pb2.ConverseResponse(
+                        conversation_id=self.conversation_id, error=reply.error,
+                        turn_id=getattr(self._hearing(), "turn_id", "")))
         except StageError as exc:
-            code = exc.code if exc.is_input_error else grpc.StatusCode.UNAVAILABLE
-            message = exc.message if exc.is_input_error else f"speech recognition unavailable: {exc.message}"
-            self._error(code, message, common_pb2.STAGE_STT, self._pending.turn_id if self._pending else "",
-                        trace_id=trace_id_of(listen))
-            listen.set_status(Status(StatusCode.ERROR, message[:300]))
-            if self._pending:
-                self._fail_pending(message)
+            if exc.code == grpc.StatusCode.CANCELLED:
+                return
+            if not exc.is_input_error and exc.code not in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                           grpc.StatusCode.DEADLINE_EXCEEDED):
+                exc = StageError("stt", grpc.StatusCode.UNAVAILABLE, f"speech recognition unavailable: {exc.message}")
+            listen.set_status(Status(StatusCode.ERROR, exc.message[:300]))
+            hearing = self._hearing()
+            if hearing is None:  # no turn began: the client still hears why
+                self._error(exc, common_pb2.STAGE_STT, trace_id=trace_id_of(listen))
+            else:
+                hearing.not_heard(exc)
         finally:
             listen.end()
-            if self._listen is listen:
-                self._listen = None
-            if self._stt is stream:
-                self._stt = None
-                self._audio_bytes = 0
+            if self._recording is recording:
+                self._recording = None
 
-    def _new_turn(self, source: str, trace_id: str = "") -> assistant_pb2.Turn:
-        """A turn and its `turn_started` event; its trace is `trace_id` or the current one."""
-        turn = assistant_pb2.Turn(turn_id=uuid.uuid4().hex, conversation_id=self.conversation_id,
-                                  trace_id=trace_id or current_trace_id())
-        self._event(turn.turn_id, trace_id=turn.trace_id, turn_started=assistant_pb2.TurnStarted(input=source))
-        return turn
+    def _hearing(self) -> TurnHandle | None:
+        """The turn whose words are being transcribed, if any."""
+        current = self.current
+        return current if current is not None and current.listening and not current.done.is_set() else None
+
+    def _on_outage(self, exc: StageError) -> None:
+        """No STT instance answers: said once; the audio is kept and replayed when STT is back."""
+        hearing = self._hearing()
+        self._error(StageError("stt", exc.code if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                               else grpc.StatusCode.UNAVAILABLE,
+                               f"speech recognition unavailable, retrying for up to "
+                               f"{self.deps.settings.stt_outage_seconds:g} s: {exc.message[:200]}"),
+                    common_pb2.STAGE_STT, hearing)
 
     async def _on_speech_started(self) -> None:
-        if self._running:
-            trace.get_current_span().add_event("barge-in")
+        if self.current is not None and not self.current.listening:
             await self._interrupt()  # barge-in: the user talks over the answer
-        if self._pending is None:
-            self._pending = self._new_turn("audio")
+        if self._hearing() is None:
             self._speech_end_at = 0.0
-            self._event(self._pending.turn_id, speech_started=assistant_pb2.UserSpeechStarted())
+            handle = self._new_turn("audio")
+            self._refused_utterance = handle is None
+            if handle is not None:
+                handle.send(speech_started=assistant_pb2.UserSpeechStarted())
 
     async def _on_result(self, result: stt_pb2.StreamingRecognitionResult, model: str) -> None:
-        if self._pending is None:
-            self._pending = self._new_turn("audio")
-        turn, transcript = self._pending, result.transcript
-        self._event(turn.turn_id, transcript=assistant_pb2.TranscriptUpdate(
+        if self._refused_utterance:  # the conversation was busy when this utterance began
+            self._refused_utterance = not result.is_final
+            return
+        handle = self._hearing()
+        if handle is None:  # a final with no speech event before it (e.g. nobody spoke)
+            if self.current is not None and not self.current.done.is_set():
+                await self._interrupt()
+            handle = self._new_turn("audio")
+            if handle is None:
+                return
+        transcript = result.transcript
+        handle.send(transcript=assistant_pb2.TranscriptUpdate(
             text=transcript.text, is_final=result.is_final, language_code=transcript.language_code,
             confidence=transcript.confidence))
-        if not result.is_final:
-            return
-        self._pending = None
-        spoken_at = self._speech_end_at or time.monotonic()
-        self._speech_end_at = 0.0
-        if self._running:
-            await self._interrupt()
-        self._start(turn, UserInput(
-            text=transcript.text, source="audio", language=transcript.language_code,
-            confidence=transcript.confidence, no_speech=transcript.no_speech,
-            stt_seconds=result.latency_seconds, stt_model=model, spoken_at=spoken_at), turn_span())
-
-    def _fail_pending(self, message: str) -> None:
-        turn, self._pending = self._pending, None
-        assert turn is not None
-        turn.outcome, turn.error_message = assistant_pb2.TURN_OUTCOME_FAILED, message
-        self._event(turn.turn_id, trace_id=turn.trace_id, turn_failed=assistant_pb2.TurnFailed(
-            turn=turn, stage=common_pb2.STAGE_STT, message=message))
-        self.deps.events.publish(events_pb2.TURN_EVENT_TYPE_TURN_FAILED, turn, text=message, with_turn=True)
-
-    # -- turns -----------------------------------------------------------------------------------
-    def _start(self, turn: assistant_pb2.Turn, user: UserInput, span: Span) -> None:
-        if not self.locks.acquire(self.conversation_id, turn.turn_id):
-            message = "another turn is running in this conversation"
-            self._error(grpc.StatusCode.ABORTED, message, common_pb2.STAGE_INPUT, turn.turn_id, turn.trace_id)
-            span.set_status(Status(StatusCode.ERROR, message))
-            span.end()
-            return
-        runner = TurnRunner(self.deps, turn, self.config.options, self.emit)
-        runner.record_on_emit = False  # the writer loop in run() marks what it hands out
-        self._runners[turn.turn_id] = runner
-        self._running_turn = turn
-        self._running = asyncio.create_task(self._run_turn(runner, user, span))
-
-    async def _run_turn(self, runner: TurnRunner, user: UserInput, span: Span) -> assistant_pb2.Turn:
-        try:
-            return await runner.run(user, span)
-        finally:
-            self._runners.pop(runner.turn.turn_id, None)
-            self.locks.release(self.conversation_id, runner.turn.turn_id)
-            if self._running is asyncio.current_task():
-                self._running, self._running_turn = None, None
-
-    async def _interrupt(self) -> None:
-        task, turn = self._running, self._running_turn
-        if task is None or turn is None:
-            return
-        self._dead_turns.add(turn.turn_id)
-        task.cancel()
-        finished = await asyncio.gather(task, return_exceptions=True)
-        result = finished[0]
-        if isinstance(result, assistant_pb2.Turn) and result.outcome == assistant_pb2.TURN_OUTCOME_INTERRUPTED:
-            self._event(result.turn_id, trace_id=result.trace_id,
-                        turn_interrupted=assistant_pb2.TurnCompleted(turn=result))
+        if result.is_final:
+            spoken_at, self._speech_end_at = self._speech_end_at or time.monotonic(), 0.0
+            handle.heard(UserInput(
+                text=transcript.text, source="audio", language=transcript.language_code,
+                confidence=transcript.confidence, no_speech=transcript.no_speech,
+                stt_seconds=result.latency_seconds, stt_model=model, spoken_at=spoken_at))
 
     async def _shutdown(self) -> None:
-        if self._stt is not None:
-            self._stt.cancel()
-        for task in (self._stt_task, self._running, *self._watchdogs):
-            if task and not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        self.deps.conversations.unwatch(self.conversation_id, self._on_deleted)
+        if self._recording is not None:
+            self._recording.cancel()
+        if self._listener and not self._listener.done():
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+        if self.current is not None and not self.current.done.is_set():
+            await self.current.interrupt()

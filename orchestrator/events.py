@@ -13,19 +13,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import StreamConfig
 
 from voicebus.bus import TURN_STREAM, TURN_SUBJECTS, EventBus, turn_subject
+from voicebus.names import label
 from voicebus.telemetry import publish_span
 from voicebus.v1 import assistant_pb2, common_pb2, events_pb2
 
-STAGE_NAMES = {
-    events_pb2.TURN_EVENT_TYPE_TURN_STARTED: "turn_started",
-    events_pb2.TURN_EVENT_TYPE_TRANSCRIPT_FINAL: "transcript_final",
-    events_pb2.TURN_EVENT_TYPE_RESPONSE_COMPLETED: "response_completed",
-    events_pb2.TURN_EVENT_TYPE_FIRST_AUDIO_SENT: "first_audio_sent",
-    events_pb2.TURN_EVENT_TYPE_TURN_COMPLETED: "turn_completed",
-    events_pb2.TURN_EVENT_TYPE_TURN_FAILED: "turn_failed",
-    events_pb2.TURN_EVENT_TYPE_STAGE_DEGRADED: "stage_degraded",
-    events_pb2.TURN_EVENT_TYPE_TURN_INTERRUPTED: "turn_interrupted",
-}
 
 
 class TurnEvents:
@@ -52,7 +43,7 @@ class TurnEvents:
                                      turn_id=turn.turn_id, time=now, trace_id=turn.trace_id, stage=stage, text=text)
         if with_turn:
             event.turn.CopyFrom(turn)
-        stage_name = STAGE_NAMES[event_type]
+        stage_name = label(events_pb2.TurnEventType, event_type)
         subject = turn_subject(turn.conversation_id, stage_name)
         with publish_span(subject, f"turn.{stage_name}", {"Nats-Msg-Id": event.event_id}) as headers:
             self.bus.publish(subject, event.SerializeToString(), headers=headers, jetstream=True)

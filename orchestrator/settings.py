@@ -18,12 +18,22 @@ class OrchestratorSettings(CommonSettings):
         0.25, description="Finals below this confidence get a spoken 'please say that again', no LLM call.")
     max_text_chars: int = Field(2000, description="Longest typed user turn accepted.")
     max_audio_mb: float = Field(25.0, description="Largest audio accepted per turn.")
-    stt_timeout_seconds: float = Field(30.0, description="Deadline for a whole-file transcription.")
+    max_history_message_chars: int = Field(
+        8000, description="Longest seeded history message accepted (the LLM's limit per message).")
+    stt_timeout_seconds: float = Field(
+        30.0, description="Deadline for a whole-file transcription, and for a stream's final after `end_of_audio`.")
+    stt_outage_seconds: float = Field(
+        30.0, description="While no STT instance answers, a recording keeps its audio and retries this long "
+        "(the user is told once), then its turn fails.")
     llm_timeout_seconds: float = Field(60.0, description="Deadline for one LLM answer.")
     tts_timeout_seconds: float = Field(60.0, description="Deadline for one TTS call.")
     history_turns: int = Field(20, description="Most recent turns sent to the LLM (it trims further to its token budget).")
     instance_retry_seconds: float = Field(
         10.0, description="An instance that failed a call is avoided this long (when others are known).")
+
+    @property
+    def max_audio_bytes(self) -> int:
+        return int(self.max_audio_mb * 1024 * 1024)
 
     def database(self) -> Path:
         return self.db_path or self.data_dir / "voicebus.db"

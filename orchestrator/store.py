@@ -96,21 +96,26 @@ class ConversationStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await self.db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
+    async def fail_unfinished(self) -> int:
+        """Turns a previous run left without an outcome (it was killed mid-turn) are failed, with the
+        reason; call once at start, when no turn of this process is running."""
+        assert self.db
+        cur = await self.db.execute(
+            "UPDATE turns SET outcome = 'TURN_OUTCOME_FAILED', error = 'interrupted by a restart of the orchestrator' "
+            "WHERE outcome = 'TURN_OUTCOME_UNSPECIFIED'")
+        await self.db.commit()
+        return cur.rowcount
+
     async def close(self) -> None:
         if self.db:
             await self.db.close()
             self.db = None
 
-    @_traced_write("INSERT", "conversations")
-    async def create_conversation(self, history: list[common_pb2.ChatMessage] | None = None) -> str:
-        """A new conversation, optionally seeded with earlier user/assistant messages."""
+    async def _seed(self, cid: str, history: list[common_pb2.ChatMessage], now: float) -> int:
+        """Earlier user/assistant messages a new conversation starts with, as completed turns."""
         assert self.db
-        cid = uuid.uuid4().hex
-        now = time.time()
-        await self.db.execute("INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?)",
-                              (cid, now, now))
         pairs: list[list[str]] = []  # [user, assistant] per earlier turn; system messages are not history
-        for message in history or []:
+        for message in history:
             if message.role == common_pb2.ROLE_USER:
                 pairs.append([message.content, ""])
             elif message.role == common_pb2.ROLE_ASSISTANT:
@@ -125,8 +130,7 @@ class ConversationStore:
                 (uuid.uuid4().hex, cid, idx, user, assistant, now))
         if pairs:
             await self.db.execute("UPDATE conversations SET title = ? WHERE id = ?", (pairs[0][0][:80], cid))
-        await self.db.commit()
-        return cid
+        return len(pairs)
 
     async def exists(self, conversation_id: str) -> bool:
         assert self.db
@@ -140,10 +144,17 @@ class ConversationStore:
         return int(row[0])
 
     @_traced_write("INSERT", "turns")
-    async def start_turn(self, turn: assistant_pb2.Turn) -> None:
-        """Store a turn as soon as its user text is known; fills turn.index."""
+    async def start_turn(self, turn: assistant_pb2.Turn, seed: list[common_pb2.ChatMessage] | None = None) -> None:
+        """Store a turn as soon as its user text is known; fills turn.index.
+
+        A conversation exists from its first stored turn on (a refused request leaves nothing
+        behind); a new one is created here, with `seed` as its earlier turns."""
         assert self.db
         now = time.time()
+        cur = await self.db.execute("INSERT OR IGNORE INTO conversations (id, created_at, updated_at) "
+                                    "VALUES (?, ?, ?)", (turn.conversation_id, now, now))
+        if cur.rowcount and seed:
+            await self._seed(turn.conversation_id, seed, now)
         async with self.db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE conversation_id = ?",
                                    (turn.conversation_id,)) as cur:
             turn.index = (await cur.fetchone())[0]
