@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/load.py [-n 8] [--mode typed|spoken|both] [--turns 1] [--llm-model qwen2.5-0.5b]
     .venv/bin/python bench/load.py -n 20 --url http://127.0.0.1:8000   # a stack that is already running
+    .venv/bin/python bench/load.py -n 50 --mode typed --set VOICEBUS_LLM_TIMEOUT_SECONDS=600
 
 Starts NATS, STT, LLM (local provider only), TTS, the orchestrator and the gateway on free
 ports (unless --url), then opens N WebSockets at the same moment. Each conversation sends
@@ -173,7 +174,7 @@ async def run_mode(base: str, mode: str, n: int, turns: int, speech: dict[str, t
     print(f"  load average       {os.getloadavg()[0]:.2f} at the end, {peak[0]:.2f} at most (1 min)")
 
 
-def start_stack(llm_model: str) -> tuple[str, list]:
+def start_stack(llm_model: str, overrides: dict[str, str]) -> tuple[str, list]:
     nats = NatsServer()
     ports = {name: free_port() for name in ("stt", "llm", "tts", "orchestrator", "gateway")}
     # The models assembled once in data/ (as bench/turn.py); the conversations in a fresh SQLite file.
@@ -181,7 +182,7 @@ def start_stack(llm_model: str) -> tuple[str, list]:
            "VOICEBUS_DB_PATH": str(Path(tempfile.mkdtemp(prefix="voicebus-load-")) / "voicebus.db"),
            "GROQ_API_KEY": "", "VOICEBUS_LLM_PROVIDERS": "local", "VOICEBUS_LLM_LOCAL_MODEL": llm_model,
            "VOICEBUS_METRICS_PORT_OFFSET": "0", "VOICEBUS_LOG_LEVEL": "WARNING", "VOICEBUS_TRACE_VIEW": "false",
-           **{f"VOICEBUS_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()}}
+           **{f"VOICEBUS_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()}, **overrides}
     procs = [ServiceProcess(f"{n}_service" if n != "orchestrator" else n, env[f"VOICEBUS_{n.upper()}_ADDR"], env,
                             name=f"load-{n}") for n in ("stt", "llm", "tts", "orchestrator")]
     stops = [nats.stop, *(p.stop for p in procs)]
@@ -208,7 +209,10 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=1, help="turns per conversation, one after another")
     parser.add_argument("--llm-model", default="qwen2.5-0.5b", help="VOICEBUS_LLM_LOCAL_MODEL of the started stack")
     parser.add_argument("--url", help="the gateway of a running stack (no token) instead of starting one")
+    parser.add_argument("--set", action="append", default=[], metavar="VOICEBUS_X=VALUE",
+                        help="a setting for every service of the started stack (repeatable)")
     args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
 
     speech: dict[str, tuple[bytes, int]] = {}
     if args.mode != "typed":
@@ -220,9 +224,9 @@ async def main() -> None:
         if args.url:
             base = args.url.rstrip("/")
         else:
-            base, stops = start_stack(args.llm_model)
+            base, stops = start_stack(args.llm_model, overrides)
         print(f"load average before: {os.getloadavg()[0]:.2f}; gateway {base}; LLM "
-              f"{'as running' if args.url else args.llm_model}")
+              f"{'as running' if args.url else args.llm_model}" + "".join(f"; {k}={v}" for k, v in overrides.items()))
         for mode in (("typed", "spoken") if args.mode == "both" else (args.mode,)):
             await run_mode(base, mode, args.conversations, args.turns, speech)
     finally:
