@@ -51,10 +51,11 @@ def interrupt() -> Request:
     return Request(interrupt=assistant_pb2.Interrupt())
 
 
-def config(conversation_id: str = "", speak: bool = True, rate: int = 16000, **options: Any) -> Request:
+def config(conversation_id: str = "", speak: bool = True, rate: int = 16000,
+           encoding: int = audio_pb2.AUDIO_ENCODING_PCM16, **options: Any) -> Request:
     return Request(config=assistant_pb2.ConverseConfig(
         conversation_id=conversation_id, interim_results=True,
-        input_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=rate),
+        input_format=audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=rate),
         options=assistant_pb2.TurnOptions(synthesize_audio=speak, **options)))
 
 
@@ -131,6 +132,14 @@ class Orchestra:
                     yield item
         return [event async for event in self.stub.Converse(stream(), timeout=timeout)]
 
+    def add_instance(self, service: str, fake_name: str, load: float = 0.5) -> None:
+        """Another instance of `service` (the fake served as `fake_name`), tried after the configured
+        one (higher load), and never expiring, like a configured address."""
+        from orchestrator.registry import Instance
+
+        address = self.fakes.addresses[fake_name]
+        self.registry.instances[service][address] = Instance(address, load=load)
+
     async def stored(self, conversation_id: str) -> assistant_pb2.Conversation:
         reply = await self.stub.GetConversation(assistant_pb2.GetConversationRequest(conversation_id=conversation_id))
         return reply.conversation
@@ -153,3 +162,71 @@ class Orchestra:
             assert exc.code() == code, (exc.code(), exc.details())
             return exc.details() or ""
         raise AssertionError(f"expected {code}, the call succeeded")
+
+
+class LiveStream:
+    """A Converse stream a test drives step by step: `send`, then `until("audio")` reads events."""
+
+    def __init__(self, stub: assistant_pb2_grpc.AssistantStub, timeout: float = 30) -> None:
+        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
+        self.events: list[assistant_pb2.ConverseResponse] = []
+        self._call = stub.Converse(self._stream(), timeout=timeout)
+        self.status: grpc.StatusCode | None = None
+        self.details = ""
+
+    async def _stream(self) -> AsyncIterator[Request]:
+        while (item := await self._requests.get()) is not None:
+            yield item
+
+    def send(self, *requests: Request) -> None:
+        for request in requests:
+            self._requests.put_nowait(request)
+
+    async def until(self, kind: str, timeout: float = 10, turn_id: str = "") -> assistant_pb2.ConverseResponse:
+        """Read events until one of `kind` (of `turn_id`, when given) arrives; returns it."""
+        async def read() -> assistant_pb2.ConverseResponse:
+            while True:
+                event = await self._call.read()
+                if event is aio.EOF:
+                    raise AssertionError(f"the stream ended before {kind!r}: {kinds(self.events)}")
+                self.events.append(event)
+                if event.WhichOneof("event") == kind and (not turn_id or event.turn_id == turn_id):
+                    return event
+        try:
+            return await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"no {kind!r} within {timeout:g} s; events so far: {kinds(self.events)}") from None
+
+    async def finish(self, timeout: float = 10) -> list[assistant_pb2.ConverseResponse]:
+        """Half-close and read the rest; the stream's status lands in `status`."""
+        self._requests.put_nowait(None)
+
+        async def rest() -> None:
+            try:
+                while (event := await self._call.read()) is not aio.EOF:
+                    self.events.append(event)
+                self.status = grpc.StatusCode.OK
+            except aio.AioRpcError as exc:
+                self.status, self.details = exc.code(), exc.details() or ""
+        await asyncio.wait_for(rest(), timeout)
+        return self.events
+
+    async def ended(self, timeout: float = 10) -> grpc.StatusCode:
+        """Read until the server ends the stream (without half-closing)."""
+        async def rest() -> None:
+            try:
+                while (event := await self._call.read()) is not aio.EOF:
+                    self.events.append(event)
+                self.status = grpc.StatusCode.OK
+            except aio.AioRpcError as exc:
+                self.status, self.details = exc.code(), exc.details() or ""
+        await asyncio.wait_for(rest(), timeout)
+        self._requests.put_nowait(None)
+        assert self.status is not None
+        return self.status
+
+
+def live(o: Orchestra, *first: Request) -> LiveStream:
+    stream = LiveStream(o.stub)
+    stream.send(*first)
+    return stream
