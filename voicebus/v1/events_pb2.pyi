@@ -43,6 +43,10 @@ class TurnEventType(_TurnEventType, metaclass=_TurnEventTypeEnumTypeWrapper):
       voicebus.turn.<conversation_id>.<stage>   TurnEvent (JetStream stream VOICEBUS_TURNS)
       voicebus.service.<service>.heartbeat      ServiceHeartbeat
     Headers: traceparent (W3C trace context) and Nats-Msg-Id (deduplication).
+    Heartbeats, when the stack has a heartbeat key (VOICEBUS_HEARTBEAT_KEY, or one derived
+    from VOICEBUS_AUTH_TOKEN), carry `Voicebus-Signature: v1=<hex>`: HMAC-SHA256 over
+    the subject, a newline, and the exact payload bytes. A header rather than a field, so
+    that the signed bytes are the sent bytes (no canonical re-encoding of the message).
     """
 
 TURN_EVENT_TYPE_UNSPECIFIED: TurnEventType.ValueType  # 0
@@ -149,11 +153,15 @@ class ServiceHeartbeat(_message.Message):
     status: Global___ServiceStatus.ValueType
     in_flight: _builtins.int
     load: _builtins.float
-    """in_flight / capacity (0..1+)."""
+    """in_flight / capacity (0..1+). Below 0, above 1000 or not a number: the heartbeat is ignored."""
     ttl_seconds: _builtins.float
-    """Seconds until this heartbeat counts as missed."""
+    """Seconds until this heartbeat counts as missed (at most 60 are believed)."""
     @_builtins.property
-    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent. With signed heartbeats the orchestrator ignores one more than 30 s
+        from its own clock, or not newer than that instance's last one (a replay).
+        """
+
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Models, engines or providers this instance serves."""
