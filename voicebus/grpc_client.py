@@ -1,7 +1,8 @@
-"""gRPC channels between services: auth token, trace propagation, message sizes."""
+"""gRPC channels between services: auth token, trace propagation, message sizes, TLS."""
 
 from __future__ import annotations
 
+import grpc
 from grpc import aio
 
 from voicebus.auth import bearer_client_interceptors
@@ -9,6 +10,17 @@ from voicebus.config import CommonSettings
 from voicebus.grpc_reconnect import RECONNECT_OPTIONS, ReconnectWait, reconnect_interceptors
 from voicebus.grpc_server import grpc_options
 from voicebus.telemetry import grpc_client_interceptors
+
+
+def channel_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | None:
+    """TLS when VOICEBUS_TLS_CA or _CERT is set: servers are checked against the CA (or the
+    system's), and our own certificate goes along for servers that require one."""
+    if not (settings.tls_ca or settings.tls_cert):
+        return None
+    ca = settings.tls_ca.read_bytes() if settings.tls_ca else None
+    if settings.tls_cert and settings.tls_key:
+        return grpc.ssl_channel_credentials(ca, settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())
+    return grpc.ssl_channel_credentials(ca)
 
 
 def open_channel(address: str, settings: CommonSettings) -> aio.Channel:
@@ -19,6 +31,9 @@ def open_channel(address: str, settings: CommonSettings) -> aio.Channel:
         interceptors.extend(bearer_client_interceptors(token))
     options = [*grpc_options(settings), ("grpc.keepalive_time_ms", 10_000),
                ("grpc.keepalive_timeout_ms", 5_000), ("grpc.keepalive_permit_without_calls", 1), *RECONNECT_OPTIONS]
-    channel = aio.insecure_channel(address, options=options, interceptors=interceptors)
+    if credentials := channel_credentials(settings):
+        channel = aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
+    else:
+        channel = aio.insecure_channel(address, options=options, interceptors=interceptors)
     reconnect.channel = channel
     return channel

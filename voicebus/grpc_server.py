@@ -1,4 +1,4 @@
-"""One way to run a Voicebus gRPC service: health, reflection, auth, telemetry,
+"""One way to run a Voicebus gRPC service: health, reflection, auth, TLS, telemetry,
 load tracking, NATS heartbeats and graceful shutdown on SIGTERM/SIGINT.
 
 A service's `__main__` builds its engine once and calls `run_service(...)` with a
@@ -60,6 +60,26 @@ def grpc_options(settings: CommonSettings) -> list[tuple[str, int]]:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
             ("grpc.http2.max_ping_strikes", 0)]
+
+
+def server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    """TLS with VOICEBUS_TLS_CERT and _KEY (both or neither); client certificates signed by
+    VOICEBUS_TLS_CA are required when VOICEBUS_TLS_CLIENT_AUTH is on."""
+    if not settings.tls_cert and not settings.tls_key:
+        if settings.tls_client_auth:
+            raise SystemExit("VOICEBUS_TLS_CLIENT_AUTH needs VOICEBUS_TLS_CERT and VOICEBUS_TLS_KEY")
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise SystemExit("TLS needs both VOICEBUS_TLS_CERT and VOICEBUS_TLS_KEY")
+    if settings.tls_client_auth and not settings.tls_ca:
+        raise SystemExit("VOICEBUS_TLS_CLIENT_AUTH needs VOICEBUS_TLS_CA (the CA that signs client certificates)")
+    try:
+        pair = (settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())
+        ca = settings.tls_ca.read_bytes() if settings.tls_ca else None
+    except OSError as exc:
+        raise SystemExit(f"cannot read a TLS file: {exc}") from None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca if settings.tls_client_auth else None,
+                                       require_client_auth=settings.tls_client_auth)
 
 
 def around_calls(handler: Any, enter: Callable[[], None], leave: Callable[[], None]) -> Any:
@@ -163,19 +183,25 @@ async def run_service(
     reflection.enable_server_reflection(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server)
+    credentials = server_credentials(settings)
     try:
-        server.add_insecure_port(address)
+        if credentials is not None:
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
     except RuntimeError as exc:
         raise SystemExit(f"{name}: cannot listen on {address}: {exc}") from None
     await server.start()
     for service in ["", *service_names]:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     announced = announced_address(address, settings.announce_host)
-    log.info("serving", extra={"fields": {"address": address, "announced": announced, "services": service_names}})
+    log.info("serving", extra={"fields": {"address": address, "announced": announced, "services": service_names,
+                                          "tls": credentials is not None}})
 
-    if metrics_address := serve_metrics(address, settings.metrics_port_offset):
+    if metrics_address := serve_metrics(address, settings.metrics_port_offset, settings.metrics_host,
+                                        settings.token()):
         log.info("metrics", extra={"fields": {"url": f"http://{metrics_address}/metrics"}})
-    bus = EventBus(settings.nats_url, name=instance_id)
+    bus = EventBus(settings.nats_url, name=instance_id, settings=settings)
     await bus.start()
     forwarder = asyncio.create_task(span_forwarder.run(bus))
     heartbeat = asyncio.create_task(bus.heartbeat_loop(
