@@ -1,14 +1,24 @@
 """Prometheus metrics, defined once here for every service (each process exports its own).
 
-Each gRPC service serves `/metrics` on its gRPC port plus VOICEBUS_METRICS_PORT_OFFSET;
-the gateway serves it on its own HTTP port.
+Each gRPC service serves `/metrics` on its gRPC port plus VOICEBUS_METRICS_PORT_OFFSET, on
+VOICEBUS_METRICS_HOST (127.0.0.1 unless told otherwise: metrics name models, providers and
+load, nothing another machine needs to see uninvited), behind the bearer token when one is
+set, like the gateway's /metrics on its own HTTP port.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from voicebus.auth import bearer_matches
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +56,41 @@ TTS_FIRST_CHUNK_SECONDS = Histogram("voicebus_tts_first_chunk_seconds", "TTS: fi
 TTS_SENTENCES = Counter("voicebus_tts_sentences_total", "TTS: sentences spoken, by engine and whether it was a "
                         "fallback", ["engine", "fallback"])
 
-def serve_metrics(grpc_address: str, offset: int) -> str | None:
-    """Start the /metrics HTTP server beside a gRPC service; None when off or the port is taken."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """No access log on stderr (a scrape every few seconds is not news)."""
+
+
+def bearer_protected(app: Callable[..., Iterable[bytes]], token: str | None) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app, answering 401 without `Authorization: Bearer <token>` (when a token is set)."""
+    if not token:
+        return app
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if bearer_matches(environ.get("HTTP_AUTHORIZATION"), token):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                            ("WWW-Authenticate", 'Bearer realm="voicebus"')])
+        return [b"missing or invalid bearer token: send 'Authorization: Bearer <VOICEBUS_AUTH_TOKEN>'\n"]
+    return guarded
+
+
+def serve_metrics(grpc_address: str, offset: int, host: str = "127.0.0.1", token: str | None = None) -> str | None:
+    """Start the /metrics HTTP server beside a gRPC service (a daemon thread); its address, or
+    None when off or the port is taken."""
     if offset <= 0:
         return None
-    host, _, port = grpc_address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    metrics_port = int(port) + offset
+    metrics_port = int(grpc_address.rpartition(":")[2]) + offset
+    host = host.strip("[]") or "127.0.0.1"
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
     try:
-        start_http_server(metrics_port, addr=host)
+        httpd = make_server(host, metrics_port, bearer_protected(make_wsgi_app(), token), Server,
+                            handler_class=_QuietHandler)
     except OSError as exc:
         log.warning("no /metrics: port %d unavailable (%s)", metrics_port, exc)
         return None
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
     return f"{host}:{metrics_port}"
