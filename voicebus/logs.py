@@ -1,18 +1,26 @@
 """Logging: JSON lines (or plain text) on stderr, with trace and conversation ids.
 
 Secrets and audio never reach a log line: log calls pass ids and sizes, not payloads.
-As a second line of defence, the values of secret settings (the auth token, API keys)
-are masked in every line, whatever logged them (an exception message, a library).
+As a second line of defence, every line is masked, whatever logged it (an exception
+message, a library such as uvicorn, which prints `WebSocket /ws?token=...`):
+- the values of secret settings (the auth token, API keys, NATS password), of any length,
+  also percent-encoded, base64-encoded (at any alignment) or JSON-escaped;
+- whatever follows `Bearer `, a `token=`/`password=`-like query parameter, or sits in a
+  URL's `user:password@`, even when it is not ours (a wrong token is often someone's
+  right one).
 """
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 # Set by handlers for the duration of a request; copied into every log line.
 conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conversation_id", default="")
@@ -59,20 +67,62 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+MASK = "***"
+# Credentials that are recognisable by their place, whatever their value.
+_CREDENTIAL_PATTERNS = (
+    re.compile(r"(?i)(\bbearer(?:\s+|%20|\+|\.))[^\s\"',;&]+"),
+    re.compile(r"(?i)([?&;](?:token|access_token|auth_token|api_key|apikey|key|password|passwd|secret)=)[^&\s\"'#]+"),
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s/@:\"']*:)[^\s/@\"']+(?=@)"),
+)
+
+
+def _base64_forms(secret: bytes) -> set[str]:
+    """The secret as it appears inside base64 text that starts 0, 1 or 2 bytes before it
+    (e.g. `Basic dXNlcjp0b2tlbg==`): the characters that depend on the secret's bytes only."""
+    forms: set[str] = set()
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + secret).decode().rstrip("=")
+        start = -(-shift * 8 // 6)  # ceil: the first character without a padding bit
+        end = (shift + len(secret)) * 8 // 6  # floor: the last character with only secret bits
+        core = encoded[start:end]
+        if shift == 0:  # aligned: always, however short, with and without its padding
+            forms |= {base64.b64encode(secret).decode(), encoded}
+        if len(core) >= 6 or shift == 0 and core:
+            forms.add(core)
+    forms |= {f.replace("+", "-").replace("/", "_") for f in forms}  # the URL-safe alphabet
+    return {f for f in forms if f}
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every way `secret` may be written in a log line."""
+    raw = secret.encode()
+    percent = {quote(secret, safe=""), quote(secret), quote_plus(secret, safe=""), quote_plus(secret)}
+    percent |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), p) for p in percent}
+    return {secret, json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1],
+            *percent, *_base64_forms(raw)} - {""}
+
+
 class RedactingFormatter(logging.Formatter):
-    """Another formatter's lines with each secret replaced by `***`."""
+    """Another formatter's lines with each secret (in any of its forms) and every recognisable
+    credential replaced by `***`."""
 
     def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
         super().__init__()
         self.inner = inner
-        # Short values would mask ordinary words; real tokens and keys are long.
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+        forms = {form for s in secrets if s for form in secret_forms(s)}
+        # Longest first, in one pass: a short form must not cut a longer one in half first.
+        self._secrets = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))) \
+            if forms else None
+
+    def redact(self, line: str) -> str:
+        if self._secrets is not None:
+            line = self._secrets.sub(MASK, line)
+        for pattern in _CREDENTIAL_PATTERNS:
+            line = pattern.sub(lambda m: m.group(1) + MASK, line)
+        return line
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.inner.format(record)
-        for secret in self.secrets:
-            line = line.replace(secret, "***")
-        return line
+        return self.redact(self.inner.format(record))
 
 
 def setup_logging(service: str, level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
