@@ -87,6 +87,26 @@ async def test_interrupt_mid_answer_keeps_exactly_the_sentences_delivered(nats_u
         await tts.wait_until(lambda: tts.cancelled == 1, "the TTS call cancelled")
 
 
+async def test_interrupt_during_playout_after_the_answer_was_written(nats_url):
+    """The LLM has finished (response_completed is out) and only the speech is still going out."""
+    llm, tts = FakeLLM([Reply.text(STORY)]), FakeTTS(hold_after_sentences=1)
+    async with Orchestra(FakeServices(llm=llm, tts=tts), nats_url) as o:
+        s = live(o, config(), text("Tell me a story."))
+        first = await s.until("audio")
+        await llm.wait_calls(1, ended=True)
+        stages = await o.nats_stages(first.turn_id, until="response_completed")
+        s.send(interrupt())
+        done = (await s.until("turn_interrupted")).turn_interrupted.turn
+        await s.finish()
+        assert "response_completed" in stages and done.interrupted
+        assert [e.audio.text for e in s.events if e.WhichOneof("event") == "audio"] == ["Once there was a knight."]
+        assert "".join(e.response_delta.text for e in s.events if e.WhichOneof("event") == "response_delta") == STORY
+        assert await rows(o, s.events[0].conversation_id) == [
+            ("Tell me a story.", "Once there was a knight.", O.TURN_OUTCOME_INTERRUPTED, True)]
+        assert (await o.nats_stages(first.turn_id, until="turn_interrupted"))[-1] == "turn_interrupted"
+        await tts.wait_until(lambda: tts.cancelled == 1, "the TTS call cancelled")
+
+
 async def test_speech_during_the_answer_interrupts_it_and_starts_a_turn(nats_url):
     stt = FakeSTT([Utterance(0.2, 1.0, "stop")])
     tts = FakeTTS(hold_after_sentences=1)

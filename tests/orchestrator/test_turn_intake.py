@@ -132,9 +132,10 @@ async def test_text_while_a_turn_runs_is_refused(nats_url):
 
 
 async def test_two_turns_racing_for_one_conversation(nats_url):
-    llm = FakeLLM([Reply.text("One.", hold_after=0), Reply.text("Two.")])
+    llm = FakeLLM([Reply.text("One.")])
     async with Orchestra(FakeServices(llm=llm), nats_url) as o:
         first = await o.stub.ProcessTurn(turn_request(text="Hello."))
+        assert first.turn.outcome == O.TURN_OUTCOME_COMPLETED and first.turn.assistant_text == "One."
         cid = first.turn.conversation_id
         llm.replies = [Reply.text("Held.", hold_after=0), Reply.text("Done.")]
         llm.calls.clear()

@@ -83,9 +83,14 @@ class AssistantServicer:
         only what was delivered. A `text` while a turn runs is refused with an `error`
         event (FAILED_PRECONDITION): interrupt first.
         5. Client half-close: the running turn finishes, then the server ends the stream.
+        `turn_started` is a turn's first event: it is sent at the first sign of the turn (speech
+        started, a `text` received), and the NATS TURN_STARTED event is published at the same
+        moment. A turn that cannot take its conversation gets an `error` (ABORTED) and no
+        `turn_started`. Failures name the stage that failed.
         Stream-ending errors are gRPC statuses (INVALID_ARGUMENT for a missing/second config,
-        NOT_FOUND for an unknown conversation_id, ABORTED when another stream or call is
-        running a turn in the same conversation).
+        NOT_FOUND for an unknown conversation_id or one deleted while the stream is open — its
+        running turn is cancelled —, ABORTED when another stream or call is running a turn in
+        the same conversation). A conversation is created only when its first turn is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
