@@ -48,7 +48,8 @@ def build_providers(settings: LlmSettings) -> list[Provider]:
                 local = LocalModel(model_name, path, threads=settings.llm_threads,
                                    context_tokens=settings.llm_context_tokens,
                                    reuse_prefix=settings.llm_reuse_prompt_prefix,
-                                   prompt_cache_mib=settings.llm_prompt_cache_mib)
+                                   prompt_cache_mib=settings.llm_prompt_cache_mib,
+                                   parallel=settings.llm_parallel)
             except ModelNotInstalled as exc:
                 raise SystemExit(f"llm: {exc} (or leave `local` out of VOICEBUS_LLM_PROVIDERS)") from None
             local.warm_up(system_prompt("en"))  # the start shared by every language's default prompt

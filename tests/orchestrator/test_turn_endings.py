@@ -179,6 +179,22 @@ async def test_stt_breaking_mid_utterance_with_no_other_instance_fails_the_turn_
         assert await rows(o, events[0].conversation_id) == [("", "", O.TURN_OUTCOME_FAILED, False)]
 
 
+async def test_stt_busy_mid_utterance_is_resource_exhausted_and_the_turn_stored_failed(nats_url):
+    """Overload is not an outage: the client is told to retry later (HTTP 429), not 503."""
+    busy = (grpc.StatusCode.RESOURCE_EXHAUSTED, "the fake recognizer's queue is full")
+    stt = FakeSTT([Utterance(0.1, 2.0, "a long question")], fail_after_messages=20, fail_with=busy)
+    async with Orchestra(FakeServices(stt=stt), nats_url, stt_outage_seconds=0.3) as o:
+        s = live(o, config())
+        s.send(*speech(0.6))
+        started = await s.until("speech_started")
+        failed = (await s.until("turn_failed", timeout=15)).turn_failed
+        events = await s.finish()
+        assert failed.stage == common_pb2.STAGE_STT and failed.turn.turn_id == started.turn_id
+        errors = [e.error for e in events if e.WhichOneof("event") == "error"]
+        assert [e.code for e in errors] == [grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]], errors
+        assert await rows(o, events[0].conversation_id) == [("", "", O.TURN_OUTCOME_FAILED, False)]
+
+
 # -- failover ----------------------------------------------------------------------------------
 async def test_stt_failover_mid_answer_is_not_a_barge_in(nats_url):
     """The replacement hears the whole recording again; its speech-started must not interrupt.
