@@ -8,6 +8,7 @@ and `from fake_services import ...` works because the folder is on sys.path.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ for folder in (str(HERE), str(ROOT)):
         sys.path.insert(0 if folder == str(HERE) else len(sys.path), folder)
 
 from fake_services import FakeServices  # noqa: E402
+from helpers import NatsServer  # noqa: E402
 
 
 @pytest.fixture
@@ -29,3 +31,31 @@ async def fake_services():
     """Default fakes of all three stages, started; tests that script them build their own."""
     async with FakeServices() as fakes:
         yield fakes
+
+
+@pytest.fixture(scope="module")
+def nats_url():
+    server = NatsServer()
+    yield server.url
+    server.stop()
+
+
+HUNG_AFTER_SECONDS = 120.0  # a test of this layer takes about a second, and its waits end by 30 s
+
+
+@pytest.fixture(autouse=True)
+async def report_a_hang():
+    """A test still running after HUNG_AFTER_SECONDS is hung: print where every task waits
+    (a thread dump would show only the event loop), then cancel them so the run goes on."""
+    async def watch() -> None:
+        await asyncio.sleep(HUNG_AFTER_SECONDS)
+        print(f"\n--- hung for {HUNG_AFTER_SECONDS:g} s; the tasks:", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.print_stack(file=sys.stderr)
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+    watchdog = asyncio.ensure_future(watch())
+    yield
+    watchdog.cancel()

@@ -20,7 +20,7 @@ import grpc
 import nats
 from grpc import aio
 
-from fake_services import FakeServices
+from fake_services import FakeServices, pcm16_audio
 from helpers import free_port
 from orchestrator.conversations import Conversations
 from orchestrator.events import TurnEvents
@@ -41,6 +41,14 @@ def text(words: str) -> Request:
 
 def audio(data: bytes) -> Request:
     return Request(audio=data)
+
+
+def speech(seconds: float, chunk: float = 0.02) -> list[Request]:
+    """`seconds` of PCM16 at 16 kHz in 20 ms frames, as a microphone sends them (no real-time pacing:
+    the fake STT keeps time by the audio it received)."""
+    data = pcm16_audio(seconds)
+    step = int(16000 * 2 * chunk)
+    return [audio(data[i:i + step]) for i in range(0, len(data), step)]
 
 
 def end_of_audio() -> Request:
@@ -200,19 +208,17 @@ class LiveStream:
     async def finish(self, timeout: float = 10) -> list[assistant_pb2.ConverseResponse]:
         """Half-close and read the rest; the stream's status lands in `status`."""
         self._requests.put_nowait(None)
-
-        async def rest() -> None:
-            try:
-                while (event := await self._call.read()) is not aio.EOF:
-                    self.events.append(event)
-                self.status = grpc.StatusCode.OK
-            except aio.AioRpcError as exc:
-                self.status, self.details = exc.code(), exc.details() or ""
-        await asyncio.wait_for(rest(), timeout)
+        await self._read_to_the_end(timeout)
         return self.events
 
     async def ended(self, timeout: float = 10) -> grpc.StatusCode:
         """Read until the server ends the stream (without half-closing)."""
+        await self._read_to_the_end(timeout)
+        self._requests.put_nowait(None)
+        assert self.status is not None
+        return self.status
+
+    async def _read_to_the_end(self, timeout: float) -> None:
         async def rest() -> None:
             try:
                 while (event := await self._call.read()) is not aio.EOF:
@@ -221,9 +227,6 @@ class LiveStream:
             except aio.AioRpcError as exc:
                 self.status, self.details = exc.code(), exc.details() or ""
         await asyncio.wait_for(rest(), timeout)
-        self._requests.put_nowait(None)
-        assert self.status is not None
-        return self.status
 
 
 def live(o: Orchestra, *first: Request) -> LiveStream:

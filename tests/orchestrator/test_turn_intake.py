@@ -9,26 +9,12 @@ import grpc
 import pytest
 
 from fake_services import FakeLLM, FakeServices, FakeSTT, FakeTTS, Reply, Utterance, pcm16_audio
-from helpers import NatsServer
-from orchestra import Orchestra, audio, config, end_of_audio, kinds, live, text
+from orchestra import Orchestra, speech, audio, config, end_of_audio, kinds, live, text
 from orchestrator.store import ConversationStore
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2
 
 O = assistant_pb2
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.fixture(scope="module")
-def nats_url():
-    server = NatsServer()
-    yield server.url
-    server.stop()
-
-
-def speech(seconds: float, chunk: float = 0.02) -> list:
-    data = pcm16_audio(seconds)
-    step = int(16000 * 2 * chunk)
-    return [audio(data[i:i + step]) for i in range(0, len(data), step)]
 
 
 def turn_request(**fields) -> O.ProcessTurnRequest:

@@ -5,27 +5,11 @@ from __future__ import annotations
 import pytest
 
 from fake_services import FakeLLM, FakeServices, FakeSTT, FakeTTS, Reply, Utterance, pcm16_audio
-from helpers import NatsServer
-from orchestra import Orchestra, audio, config, end_of_audio, kinds, text
+from orchestra import Orchestra, speech, audio, config, end_of_audio, kinds, text
 from voicebus.v1 import assistant_pb2
 
 PARIS = "The capital of France is Paris."
 COMPLETED = assistant_pb2.TURN_OUTCOME_COMPLETED
-
-
-@pytest.fixture(scope="module")
-def nats_url():
-    server = NatsServer()
-    yield server.url
-    server.stop()
-
-
-def speech(seconds: float, chunk: float = 0.02) -> list:
-    """`seconds` of PCM16 at 16 kHz in 20 ms frames, as a microphone sends them (no real-time pacing:
-    the fake STT keeps time by the audio it received)."""
-    data = pcm16_audio(seconds)
-    step = int(16000 * 2 * chunk)
-    return [audio(data[i:i + step]) for i in range(0, len(data), step)]
 
 
 async def test_typed_turn_sequence_row_and_nats(nats_url):
