@@ -23,6 +23,7 @@ import numpy as np
 from voicebus.audio import AudioError, decode_container, float_to_pcm16, pcm16_to_float, resample, wav_bytes
 from voicebus.config import CommonSettings
 from voicebus.grpc_client import open_channel
+from voicebus.names import label
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc, audio_pb2
 
 AUDIO_CHUNK_BYTES = 32 * 1024
@@ -181,10 +182,9 @@ def report(args: argparse.Namespace, result: TurnResult) -> int:
         show(f"assistant: {' '.join(turn.assistant_text.split())}")
     for message in result.degraded:
         show(f"degraded: {message}")
-    outcome = assistant_pb2.TurnOutcome.Name(turn.outcome) if turn else "TURN_OUTCOME_FAILED"
-    if outcome != "TURN_OUTCOME_COMPLETED":
-        show(f"outcome: {outcome.removeprefix('TURN_OUTCOME_').lower()}"
-             + (f" ({result.error})" if result.error else ""))
+    outcome = label(assistant_pb2.TurnOutcome, turn.outcome) if turn else "failed"
+    if outcome != "completed":
+        show(f"outcome: {outcome}" + (f" ({result.error})" if result.error else ""))
     show(f"conversation: {result.conversation_id}")
 
     if result.audio:
@@ -200,7 +200,7 @@ def report(args: argparse.Namespace, result: TurnResult) -> int:
                 play(target)
     elif turn is not None:
         show("audio: none (the answer has no speech)")
-    return 0 if outcome in ("TURN_OUTCOME_COMPLETED", "TURN_OUTCOME_NO_SPEECH") and not result.error else 1
+    return 0 if outcome in ("completed", "no_speech") and not result.error else 1
 
 
 def run(args: argparse.Namespace) -> int:

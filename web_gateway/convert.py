@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from voicebus.names import label
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2
 
 from web_gateway.errors import ApiError
@@ -31,10 +32,15 @@ MIME_TYPES: dict[int, str] = {
 }
 
 ROLES = {"system": common_pb2.ROLE_SYSTEM, "user": common_pb2.ROLE_USER, "assistant": common_pb2.ROLE_ASSISTANT}
-STAGES = {common_pb2.STAGE_INPUT: "input", common_pb2.STAGE_STT: "stt", common_pb2.STAGE_LLM: "llm",
-          common_pb2.STAGE_TTS: "tts", common_pb2.STAGE_STORAGE: "storage"}
-OUTCOMES = {assistant_pb2.TURN_OUTCOME_COMPLETED: "completed", assistant_pb2.TURN_OUTCOME_FAILED: "failed",
-            assistant_pb2.TURN_OUTCOME_INTERRUPTED: "interrupted", assistant_pb2.TURN_OUTCOME_NO_SPEECH: "no_speech"}
+
+
+def stage_name(stage: int) -> str:
+    """"llm" for STAGE_LLM, "unspecified" for a value this contract does not know."""
+    return label(common_pb2.Stage, stage)
+
+
+def outcome_name(outcome: int) -> str:
+    return label(assistant_pb2.TurnOutcome, outcome)
 
 
 def input_format(name: str | None, sample_rate: int | None) -> audio_pb2.AudioFormat:
@@ -95,7 +101,7 @@ def turn_json(turn: assistant_pb2.Turn) -> dict[str, Any]:
     return {
         "turn_id": turn.turn_id, "conversation_id": turn.conversation_id, "index": turn.index,
         "user_text": turn.user_text, "assistant_text": turn.assistant_text, "language": turn.language_code,
-        "outcome": OUTCOMES.get(turn.outcome, "unspecified"), "interrupted": turn.interrupted,
+        "outcome": outcome_name(turn.outcome), "interrupted": turn.interrupted,
         "timings": timings_json(turn.timings),
         "providers": providers_json(turn.providers), "error_message": turn.error_message,
         "created_at": turn.created_at.ToJsonString() if turn.HasField("created_at") else None,
@@ -115,4 +121,4 @@ def conversation_json(c: assistant_pb2.Conversation, with_turns: bool) -> dict[s
 
 
 def degraded_json(d: assistant_pb2.StageDegraded) -> dict[str, str]:
-    return {"stage": STAGES.get(d.stage, "unspecified"), "message": d.message}
+    return {"stage": stage_name(d.stage), "message": d.message}

@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from voicebus.v1 import assistant_pb2, audio_pb2
-from web_gateway.convert import (MIME_TYPES, OUTCOMES, conversation_json, degraded_json, history_messages,
-                                 input_format, looks_like_audio, providers_json, timings_json)
+from web_gateway.convert import (MIME_TYPES, conversation_json, degraded_json, history_messages, input_format,
+                                 looks_like_audio, outcome_name, providers_json, timings_json)
 from web_gateway import limits
 from web_gateway.errors import ApiError
 
@@ -88,7 +88,7 @@ async def _run_turn(request: Request, route: str, turn_request: assistant_pb2.Pr
     ctx = trace.get_current_span().get_span_context()
     trace_id = turn.trace_id or (f"{ctx.trace_id:032x}" if ctx.is_valid else "")
     request.state.trace_id = trace_id
-    outcome = OUTCOMES.get(turn.outcome, "unspecified")
+    outcome = outcome_name(turn.outcome)
     request.app.state.metrics.turns.labels(route, outcome).inc()
     timings = timings_json(turn.timings)
     timings["gateway_seconds"] = round(time.perf_counter() - started, 4)

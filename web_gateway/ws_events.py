@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from voicebus.v1 import assistant_pb2, audio_pb2
-from web_gateway.convert import STAGES, degraded_json, turn_json
+from web_gateway.convert import degraded_json, stage_name, turn_json
 from web_gateway.errors import CODE_NAMES, GRPC_TO_HTTP
 
 Fields = dict[str, Any]
@@ -51,7 +51,7 @@ def _turn_ended(kind: str) -> Callable[[assistant_pb2.ConverseResponse], Fields]
 
 
 def _turn_failed(r: assistant_pb2.ConverseResponse) -> Fields:
-    return {"turn": turn_json(r.turn_failed.turn), "stage": STAGES.get(r.turn_failed.stage, "unspecified"),
+    return {"turn": turn_json(r.turn_failed.turn), "stage": stage_name(r.turn_failed.stage),
             "message": r.turn_failed.message}
 
 
@@ -60,7 +60,7 @@ def _error(r: assistant_pb2.ConverseResponse) -> Fields:
     # reported by the bridge itself, with fatal: true.
     e = r.error
     http_status, code = GRPC_TO_HTTP.get(CODE_NAMES.get(e.code, grpc.StatusCode.UNKNOWN), (502, "upstream_error"))
-    return {"code": code, "status": http_status, "message": e.message, "stage": STAGES.get(e.stage, "unspecified"),
+    return {"code": code, "status": http_status, "message": e.message, "stage": stage_name(e.stage),
             "retryable": e.retryable, "fatal": False}
 
 
