@@ -32,6 +32,7 @@ from orchestrator.clients import StageError
 from orchestrator.intake import InputError
 from orchestrator.listen import Recording
 from orchestrator.pipeline import run_turn
+from orchestrator.playout import Playout
 from orchestrator.recorder import TurnRecorder
 from orchestrator.turn import TurnHandle, UserInput
 from voicebus.metrics import ACTIVE_STREAMS
@@ -122,15 +123,17 @@ class ConverseSession:
                 elif kind == "end_of_audio":
                     self._end_recording()
                 elif kind == "text":
-                    self._on_text(request.text, request.traceparent)
+                    await self._on_text(request.text, request.traceparent)
                 elif kind == "interrupt":
                     await self._interrupt()
+                elif kind == "playback":
+                    self._on_playback(request.playback)
                 elif kind == "config":
                     raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
                                      "config was already sent; send it only once, first")
                 else:
                     raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                                     "empty message: set audio, text, interrupt or end_of_audio")
+                                     "empty message: set audio, text, interrupt, end_of_audio or playback")
             # The client half-closed: finish what is under way, then end the stream.
             self._end_recording()
             if self._listener:
@@ -183,23 +186,33 @@ class ConverseSession:
             return None
         handle = TurnHandle(self.recorder, self, self.conversation_id, source, self.config.options, parent, links,
                             turn_id=turn_id)
+        if self.config.realtime_playback:
+            handle.playout = Playout()
         self.deps.conversations.hold(handle)
         self.current = handle
         handle.start(run_turn)
         return handle
 
-    def _on_text(self, text: str, traceparent: str = "") -> None:
+    async def _on_text(self, text: str, traceparent: str = "") -> None:
         parent, links = self._trace_parent(traceparent)
         refused_trace = trace_id_of(trace.get_current_span(parent))  # so the client can close its turn span
         try:
             text = intake.check_text(text, self.deps.settings)
-            if self.current is not None and not self.current.done.is_set():
+            if self.current is not None and not self.current.done.is_set() and not self.current.playing_out:
                 raise InputError(grpc.StatusCode.FAILED_PRECONDITION, "a turn is running; send interrupt first")
         except InputError as bad:
             self._error(bad, common_pb2.STAGE_INPUT, trace_id=refused_trace)
             return
+        await self._interrupt()  # typed over an answer that is still playing: a barge-in
         if handle := self._new_turn("text", parent, links):
             handle.heard(UserInput(text=text, source="text", language=self.config.options.language_code))
+
+    def _on_playback(self, report: assistant_pb2.PlaybackReport) -> None:
+        """The client says how much of the playing turn it has played: the clock follows it."""
+        current = self.current
+        if current is not None and current.playout is not None and report.turn_id == current.turn_id \
+                and not current.done.is_set():
+            current.playout.report(report.played_ms / 1000)
 
     async def _interrupt(self) -> None:
         """Barge-in: the answer stops now; a turn still being heard goes on."""

@@ -9,7 +9,9 @@ effect of the ending leaves from `TurnRecorder.ended`.
 What the user got is the handle's to know, not the pipeline's: events go out through a
 `Sink`; the sink tells the handle what it really delivered (`on_delivered`), and after an
 interrupt nothing more of the turn is deliverable but its end. So a barge-in stores exactly
-the sentences whose audio reached the client, not those queued behind them.
+the sentences whose audio reached the client, not those queued behind them. When the
+client plays in real time, the handle also keeps its `Playout` clock: the turn lasts until
+the audio has played, and a barge-in stores the words played, not those sent.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from orchestrator.clients import StageError
+from orchestrator.playout import Playout
 from voicebus.telemetry import trace_id_of, tracer
 from voicebus.v1 import assistant_pb2, common_pb2
 
@@ -87,6 +90,11 @@ class TurnHandle:
         self.deleted = False  # the conversation was deleted under it: nothing is stored
         self.interrupted = False
         self.first_audio_at = 0.0
+        self.playout: Playout | None = None  # set when the client plays the audio in real time
+        self.playing_out = False  # everything is sent; the turn waits for the audio to play
+        self._undelivered = 0  # events handed to the sink and not yet delivered
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._heard: asyncio.Future[UserInput] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
@@ -111,6 +119,7 @@ class TurnHandle:
             with trace.use_span(self.span, end_on_exit=False):
                 try:
                     await work(self)
+                    await self.play_out()
                     if self.turn.outcome == assistant_pb2.TURN_OUTCOME_UNSPECIFIED:
                         self.turn.outcome = assistant_pb2.TURN_OUTCOME_COMPLETED
                 except asyncio.CancelledError:
@@ -153,6 +162,16 @@ class TurnHandle:
         self.user = await self._heard
         return self.user
 
+    async def play_out(self) -> None:
+        """Everything is said: with a real-time client, wait until its audio has played."""
+        if self.playout is None or self.interrupted:
+            return
+        self.playing_out = True
+        await self._drained.wait()
+        self.span.add_event("sent", {"audio_seconds_left": round(max(0.0, self.playout.ends_at - time.monotonic()), 3)})
+        await self.playout.played()
+        self.span.add_event("played")
+
     # -- ending it from outside ----------------------------------------------------------------
     async def interrupt(self) -> None:
         """Barge-in: nothing more of this turn reaches the client but its end; wait for that."""
@@ -170,6 +189,8 @@ class TurnHandle:
 
     # -- events ------------------------------------------------------------------------------
     def send(self, **event: object) -> None:
+        self._undelivered += 1
+        self._drained.clear()
         self.sink.put(self, assistant_pb2.ConverseResponse(
             conversation_id=self.turn.conversation_id, turn_id=self.turn.turn_id, trace_id=self.turn.trace_id,
             **event))  # type: ignore[arg-type]
@@ -179,12 +200,22 @@ class TurnHandle:
         return not self.interrupted or event.WhichOneof("event") in END_EVENTS
 
     def on_delivered(self, event: assistant_pb2.ConverseResponse) -> None:
-        """The sink handed `event` to the client: a sentence's audio counts as heard."""
-        if event.WhichOneof("event") == "audio" and event.audio.text:
-            self.spoken.setdefault(event.audio.sentence_index, event.audio.text)
+        """The sink handed `event` to the client: a sentence's audio counts as heard (and, with a
+        real-time client, starts playing when the audio before it has)."""
+        if event.WhichOneof("event") == "audio":
+            if event.audio.text:
+                self.spoken.setdefault(event.audio.sentence_index, event.audio.text)
+            if self.playout is not None:
+                self.playout.delivered(event.audio.text, event.audio.chunk.duration_seconds)
+        self._undelivered = max(0, self._undelivered - 1)
+        if self._undelivered == 0:
+            self._drained.set()
 
     def heard_text(self) -> str:
-        """What the user got of the answer: all of it, or after a barge-in the sentences they heard."""
+        """What the user got of the answer: all of it, or after a barge-in what they heard (the
+        words played, or without a real-time client the sentences whose audio was delivered)."""
         if self.turn.interrupted and self.options.synthesize_audio:
+            if self.playout is not None:
+                return self.playout.heard_text()
             return " ".join(self.spoken[i] for i in sorted(self.spoken))
         return "".join(self.sent_text).strip()

@@ -360,6 +360,39 @@ async def test_ws_interrupt_ends_the_answer_and_the_socket_goes_on(stack):
         assert all(e.get("turn_id") != turn_id for e in events)
 
 
+async def test_ws_realtime_playback_turn_lasts_until_played_and_a_late_interrupt_keeps_what_was_heard(stack):
+    """With "playback": "realtime" the turn is still on after all of its audio was sent; an
+    interrupt then stores only the words played by the server's clock (which each playback
+    report of 0 ms held at the start of the audio)."""
+    async with ws_connect(stack, additional_headers=AUTH) as ws:
+        await ws.send(json.dumps({"type": "start", "playback": "realtime"}))
+        assert json.loads(await ws.recv())["type"] == "conversation_opened"
+        await ws.send(json.dumps({"type": "playback", "turn_id": "x", "played_ms": -1}))
+        assert json.loads(await ws.recv())["code"] == "invalid_playback"
+        await ws.send(json.dumps({"type": "text", "text": "Tell me a story about a dragon in three sentences."}))
+        spoken: list[str] = []
+        turn_id = ""
+        while True:  # every sentence's audio, each answered with "nothing played yet"
+            try:
+                message = await asyncio.wait_for(ws.recv(), 2.0 if spoken else 120)
+            except asyncio.TimeoutError:
+                break  # no audio for 2 s: the whole answer has been sent
+            if isinstance(message, bytes):
+                await ws.send(json.dumps({"type": "playback", "turn_id": turn_id, "played_ms": 0}))
+                continue
+            event = json.loads(message)
+            assert event["type"] not in TURN_END, event  # it lasts until its audio has played
+            turn_id = event.get("turn_id") or turn_id
+            if event["type"] == "audio":
+                spoken.append(event["text"])
+        await ws.send(json.dumps({"type": "interrupt"}))
+        events, _ = await next_turn(ws)
+        assert events[-1]["type"] == "turn_interrupted" and events[-1]["turn_id"] == turn_id
+        heard = events[-1]["turn"]["assistant_text"]
+        whole = " ".join(" ".join(spoken).split())
+        assert whole.startswith(heard) and len(heard) < len(whole), (heard, whole)
+
+
 async def test_ws_bad_messages_are_error_events_not_disconnects(stack):
     async with ws_connect(stack, additional_headers=AUTH) as ws:
         await ws.send("{not json")

@@ -65,6 +65,15 @@ def output_format(name: str | None, sample_rate: int | None) -> audio_pb2.AudioF
     return audio_pb2.AudioFormat(encoding=FORMAT_NAMES[key], sample_rate_hz=int(sample_rate or 0), channels=1)
 
 
+def playback_mode(name: Any) -> bool:
+    """`playback` of a WebSocket start: "realtime" (the page plays the audio as it arrives: turns
+    last until it has played) or "none" (the default: a turn ends when its audio is sent)."""
+    key = str(name or "none").strip().lower()
+    if key not in ("realtime", "none"):
+        raise ApiError(422, "invalid_start", f"unknown playback {str(name)[:40]!r}; use realtime or none")
+    return key == "realtime"
+
+
 # Leading bytes of the containers STT decodes (PyAV/FFmpeg). Used only to turn an
 # upload that is plainly not audio (a PDF, a text file, JSON) into a quick 415; what
 # passes is still decoded, and rejected with 422, by the services behind us.

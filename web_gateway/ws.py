@@ -29,7 +29,7 @@ from opentelemetry import trace
 from voicebus.telemetry import extract_context, trace_id_of, traceparent_of
 from voicebus.v1 import assistant_pb2, audio_pb2
 from web_gateway import limits
-from web_gateway.convert import input_format, output_format
+from web_gateway.convert import input_format, output_format, playback_mode
 from web_gateway.errors import ApiError, from_grpc
 from web_gateway.observability import GatewayMetrics, WsTurnSpans
 from web_gateway.security import chosen_subprotocol, websocket_authorized
@@ -141,12 +141,25 @@ class ConverseBridge:
             if await self.ensure_stream():
                 span = self.spans.begin("text", str(message.get("traceparent") or ""))
                 await self.put(assistant_pb2.ConverseRequest(text=text.strip(), traceparent=traceparent_of(span)))
+        elif kind == "playback":
+            await self.on_playback(message)
         elif kind == "ping":
             await self.send_json({"type": "pong"})
         else:
             await self.send_json(_error_event(
                 "invalid_message", 400, f"unknown message type {repr(kind)[:60]}; expected start, end_of_audio, "
-                                        "text, interrupt, audio_start or ping"))
+                                        "text, interrupt, playback, audio_start or ping"))
+
+    async def on_playback(self, message: dict[str, Any]) -> None:
+        """How much of a turn's audio the page has played (with `"playback": "realtime"`)."""
+        played, turn_id = message.get("played_ms"), message.get("turn_id")
+        if not isinstance(played, (int, float)) or isinstance(played, bool) or not 0 <= played < 2**32:
+            raise ApiError(422, "invalid_playback", "`played_ms` must be a number of milliseconds, 0 or more")
+        if not isinstance(turn_id, str) or not turn_id or len(turn_id) > limits.CONVERSATION_ID_MAX_CHARS:
+            raise ApiError(422, "invalid_playback", "`turn_id` must be the id of the turn being played")
+        if self.call is not None:
+            await self.put(assistant_pb2.ConverseRequest(
+                playback=assistant_pb2.PlaybackReport(turn_id=turn_id, played_ms=int(played))))
 
     async def on_start(self, message: dict[str, Any]) -> None:
         try:
@@ -177,6 +190,7 @@ class ConverseBridge:
             input_format=input_format(m.get("format"), m.get("sample_rate")),
             interim_results=bool(m.get("interim_results", True)),
             end_of_utterance_silence_ms=int(m.get("end_of_utterance_silence_ms") or 0),
+            realtime_playback=playback_mode(m.get("playback")),
             options=assistant_pb2.TurnOptions(
                 language_code=limits.language(str(m.get("language") or "")),
                 output_format=output_format(m.get("output_format"), m.get("output_sample_rate")),

@@ -59,10 +59,14 @@ def interrupt() -> Request:
     return Request(interrupt=assistant_pb2.Interrupt())
 
 
+def playback(turn_id: str, played_ms: int) -> Request:
+    return Request(playback=assistant_pb2.PlaybackReport(turn_id=turn_id, played_ms=played_ms))
+
+
 def config(conversation_id: str = "", speak: bool = True, rate: int = 16000,
-           encoding: int = audio_pb2.AUDIO_ENCODING_PCM16, **options: Any) -> Request:
+           encoding: int = audio_pb2.AUDIO_ENCODING_PCM16, realtime: bool = False, **options: Any) -> Request:
     return Request(config=assistant_pb2.ConverseConfig(
-        conversation_id=conversation_id, interim_results=True,
+        conversation_id=conversation_id, interim_results=True, realtime_playback=realtime,
         input_format=audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=rate),
         options=assistant_pb2.TurnOptions(synthesize_audio=speak, **options)))
 

@@ -91,12 +91,20 @@ class ConverseConfig(_message.Message):
     OPTIONS_FIELD_NUMBER: _builtins.int
     INTERIM_RESULTS_FIELD_NUMBER: _builtins.int
     END_OF_UTTERANCE_SILENCE_MS_FIELD_NUMBER: _builtins.int
+    REALTIME_PLAYBACK_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Empty = start a new conversation."""
     interim_results: _builtins.bool
     """Send interim transcripts."""
     end_of_utterance_silence_ms: _builtins.int
     """Silence that ends an utterance; 0 = the server's default."""
+    realtime_playback: _builtins.bool
+    """The client plays the answer's audio as it arrives, chunks back to back (a speaker, not a
+    file). A turn then ends for the user when its audio has played: `turn_completed` comes
+    after the playout (by the server's clock from the durations sent, corrected by
+    `playback` reports), and speech, `interrupt` or a `text` until then is a barge-in whose
+    stored turn keeps only the words played. False: a turn ends when its audio is sent.
+    """
     @_builtins.property
     def input_format(self) -> _audio_pb2.AudioFormat:
         """Format of the audio the client will send; UNSPECIFIED = detect the container."""
@@ -111,14 +119,43 @@ class ConverseConfig(_message.Message):
         options: Global___TurnOptions | None = ...,
         interim_results: _builtins.bool = ...,
         end_of_utterance_silence_ms: _builtins.int = ...,
+        realtime_playback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input_format", b"input_format", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "end_of_utterance_silence_ms", b"end_of_utterance_silence_ms", "input_format", b"input_format", "interim_results", b"interim_results", "options", b"options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "end_of_utterance_silence_ms", b"end_of_utterance_silence_ms", "input_format", b"input_format", "interim_results", b"interim_results", "options", b"options", "realtime_playback", b"realtime_playback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConverseConfig: _TypeAlias = ConverseConfig  # noqa: Y015
+
+@_typing.final
+class PlaybackReport(_message.Message):
+    """How much of a turn's answer the client has played (with `realtime_playback`): optional,
+    it corrects the server's clock (a slow start, a paused tab). Reports for a turn that is
+    not the one playing are ignored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    PLAYED_MS_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    played_ms: _builtins.int
+    """Milliseconds of the turn's audio played so far, from its first chunk."""
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        played_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["played_ms", b"played_ms", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaybackReport: _TypeAlias = PlaybackReport  # noqa: Y015
 
 @_typing.final
 class Interrupt(_message.Message):
@@ -165,6 +202,7 @@ class ConverseRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     INTERRUPT_FIELD_NUMBER: _builtins.int
     END_OF_AUDIO_FIELD_NUMBER: _builtins.int
+    PLAYBACK_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     audio: _builtins.bytes
     text: _builtins.str
@@ -182,6 +220,8 @@ class ConverseRequest(_message.Message):
     def interrupt(self) -> Global___Interrupt: ...
     @_builtins.property
     def end_of_audio(self) -> Global___EndOfAudio: ...
+    @_builtins.property
+    def playback(self) -> Global___PlaybackReport: ...
     def __init__(
         self,
         *,
@@ -190,13 +230,14 @@ class ConverseRequest(_message.Message):
         text: _builtins.str = ...,
         interrupt: Global___Interrupt | None = ...,
         end_of_audio: Global___EndOfAudio | None = ...,
+        playback: Global___PlaybackReport | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "end_of_audio", b"end_of_audio", "interrupt", b"interrupt", "request", b"request", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "end_of_audio", b"end_of_audio", "interrupt", b"interrupt", "playback", b"playback", "request", b"request", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "end_of_audio", b"end_of_audio", "interrupt", b"interrupt", "request", b"request", "text", b"text", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "config", b"config", "end_of_audio", b"end_of_audio", "interrupt", b"interrupt", "playback", b"playback", "request", b"request", "text", b"text", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "audio", "text", "interrupt", "end_of_audio"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["config", "audio", "text", "interrupt", "end_of_audio", "playback"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 

@@ -49,6 +49,8 @@ class AssistantStub:
         `turn_interrupted` at once; nothing more of it is sent, and the stored turn keeps
         only what was delivered. A `text` while a turn runs is refused with an `error`
         event (FAILED_PRECONDITION): interrupt first.
+        With `config.realtime_playback` a turn lasts until its audio has played, and a
+        `text` during the playout interrupts it instead.
      5. Client half-close: the running turn finishes, then the server ends the stream.
     `turn_started` is a turn's first event: it is sent at the first sign of the turn (speech
     started, a `text` received), and the NATS TURN_STARTED event is published at the same
@@ -86,6 +88,8 @@ class AssistantAsyncStub(AssistantStub):
         `turn_interrupted` at once; nothing more of it is sent, and the stored turn keeps
         only what was delivered. A `text` while a turn runs is refused with an `error`
         event (FAILED_PRECONDITION): interrupt first.
+        With `config.realtime_playback` a turn lasts until its audio has played, and a
+        `text` during the playout interrupts it instead.
      5. Client half-close: the running turn finishes, then the server ends the stream.
     `turn_started` is a turn's first event: it is sent at the first sign of the turn (speech
     started, a `text` received), and the NATS TURN_STARTED event is published at the same
@@ -126,6 +130,8 @@ class AssistantServicer(metaclass=_abc_1.ABCMeta):
             `turn_interrupted` at once; nothing more of it is sent, and the stored turn keeps
             only what was delivered. A `text` while a turn runs is refused with an `error`
             event (FAILED_PRECONDITION): interrupt first.
+            With `config.realtime_playback` a turn lasts until its audio has played, and a
+            `text` during the playout interrupts it instead.
          5. Client half-close: the running turn finishes, then the server ends the stream.
         `turn_started` is a turn's first event: it is sent at the first sign of the turn (speech
         started, a `text` received), and the NATS TURN_STARTED event is published at the same

@@ -11,6 +11,7 @@
   const vb = window.voicebus = {
     state: "connecting", conversationId: null, lastTranscript: "", lastResponse: "",
     chunksReceived: 0, chunksScheduled: 0, chunksPlayed: 0, turnsFinished: 0, interruptions: 0, interruptsSent: 0,
+    playbackReports: 0,
     lastTurn: null, lastBargeIn: null, errors: [], events: [],
     // Event types in arrival order, per turn id: a turn's list is complete however long its
     // answer, where the bounded `events` log above can lose a long turn's start.
@@ -68,8 +69,18 @@
   player.onChunkScheduled = () => { vb.chunksScheduled++; };
   player.onChunkPlayed = (allDone) => {
     vb.chunksPlayed++;
+    if (allDone) reportPlayback();  // the server's turn ends when its audio has played here
     if (allDone && vb.state === "speaking" && !turnRunning) setState("idle");
   };
+  // The server keeps a clock of what we play (the `start` says "playback": "realtime"); what
+  // we really played corrects it: a late start, a busy tab.
+  function reportPlayback() {
+    const played = player.played(player.turnId);
+    if (played === null || !turnRunning || !ws || ws.readyState !== WebSocket.OPEN || !started) return;
+    send({ type: "playback", turn_id: player.turnId, played_ms: Math.round(played * 1000) });
+    vb.playbackReports++;
+  }
+  setInterval(() => { if (player.playing) reportPlayback(); }, 500);
 
   // ---- the WebSocket --------------------------------------------------------------
   let ws = null;
@@ -128,7 +139,7 @@
     await waitOpen();
     if (started) return;
     send({ type: "start", conversation_id: vb.conversationId || undefined, format: recorderFormat().format,
-      output_format: "pcm16", traceparent: traceparent() });
+      output_format: "pcm16", playback: "realtime", traceparent: traceparent() });
     started = true;
   }
 

@@ -11,6 +11,15 @@ window.VoicebusAudio = (() => {
       this.decoding = Promise.resolve(); // containers decode asynchronously: keep their order
       this.onChunkScheduled = () => {};
       this.onChunkPlayed = () => {};
+      this.turnId = null;        // the turn whose audio was scheduled last
+      this.turnStart = 0;        // when its first chunk starts (AudioContext time)
+      this.turnSeconds = 0;      // its audio scheduled so far
+    }
+
+    // Seconds of `turnId`'s audio played so far (null for a turn this player is not playing).
+    played(turnId) {
+      if (!this.ctx || turnId !== this.turnId) return null;
+      return Math.min(Math.max(0, this.ctx.currentTime - this.turnStart), this.turnSeconds);
     }
 
     // Must first run inside a user gesture (autoplay rules).
@@ -25,12 +34,12 @@ window.VoicebusAudio = (() => {
     play(header, data) {
       this.unlock();
       if (header.encoding === "pcm16") {
-        this.schedule(this.pcm16Buffer(data, header.sample_rate || 22050));
+        this.schedule(this.pcm16Buffer(data, header.sample_rate || 22050), header.turn_id);
         return Promise.resolve();
       }
       const generation = this.generation;
       this.decoding = this.decoding.then(() => this.ctx.decodeAudioData(data.slice(0)))
-        .then((buffer) => { if (generation === this.generation) this.schedule(buffer); });
+        .then((buffer) => { if (generation === this.generation) this.schedule(buffer, header.turn_id); });
       return this.decoding;
     }
 
@@ -42,13 +51,15 @@ window.VoicebusAudio = (() => {
       return buffer;
     }
 
-    schedule(buffer) {
+    schedule(buffer, turnId) {
       const source = this.ctx.createBufferSource();
       source.buffer = buffer;
       source.connect(this.ctx.destination);
       const at = Math.max(this.ctx.currentTime + 0.02, this.nextTime);
       source.start(at);
       this.nextTime = at + buffer.duration;
+      if (turnId !== this.turnId) { this.turnId = turnId; this.turnStart = at; this.turnSeconds = 0; }
+      this.turnSeconds += buffer.duration;
       this.sources.add(source);
       this.onChunkScheduled();
       source.onended = () => {
