@@ -57,10 +57,6 @@ class Playout:
         self._end = max(start, self._clock())
         self._changed.set()
 
-    def played_seconds(self) -> float:
-        now = self._clock()
-        return sum(min(max(0.0, now - p.start), p.duration) for p in self._pieces)
-
     def heard_text(self) -> str:
         """The words played so far: whole chunks, then the words of the playing one that ended."""
         now, words = self._clock(), []
