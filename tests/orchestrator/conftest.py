@@ -9,6 +9,7 @@ and `from fake_services import ...` works because the folder is on sys.path.
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from pathlib import Path
 
@@ -44,15 +45,23 @@ HUNG_AFTER_SECONDS = 120.0  # a test of this layer takes about a second, and its
 
 
 @pytest.fixture(autouse=True)
-async def report_a_hang():
-    """A test still running after HUNG_AFTER_SECONDS is hung: print where every task waits
-    (a thread dump would show only the event loop), then cancel them so the run goes on."""
+async def report_a_hang(request):
+    """A test still running after HUNG_AFTER_SECONDS is hung: write where every task waits to
+    test-output/hangs.txt and the terminal (a thread dump shows only the event loop, and
+    pytest captures stderr), then cancel them so the run goes on."""
     async def watch() -> None:
         await asyncio.sleep(HUNG_AFTER_SECONDS)
-        print(f"\n--- hung for {HUNG_AFTER_SECONDS:g} s; the tasks:", file=sys.stderr)
+        report = io.StringIO()
+        print(f"--- {request.node.nodeid} hung for {HUNG_AFTER_SECONDS:g} s; its tasks:", file=report)
         for task in asyncio.all_tasks():
             if task is not asyncio.current_task():
-                task.print_stack(file=sys.stderr)
+                print(task, file=report)
+                task.print_stack(file=report)
+        out = ROOT / "test-output"
+        out.mkdir(exist_ok=True)
+        with open(out / "hangs.txt", "a") as file:
+            file.write(report.getvalue())
+        sys.__stderr__.write(report.getvalue())
         for task in asyncio.all_tasks():
             if task is not asyncio.current_task():
                 task.cancel()
