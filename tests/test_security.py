@@ -36,7 +36,7 @@ from gateway_stack import start_gateway
 from helpers import NatsServer, ServiceProcess, free_port
 from test_deploy import run_compose
 from voicebus import nats_auth
-from voicebus.bus import SIGNATURE_HEADER, EventBus, heartbeat_key, heartbeat_signature
+from voicebus.bus import SIGNATURE_HEADER, EventBus, flush_sent, heartbeat_key, heartbeat_signature
 from voicebus.config import CommonSettings
 from voicebus.health import grpc_health
 from voicebus.logs import RedactingFormatter
@@ -157,14 +157,14 @@ async def test_each_role_publishes_and_reads_only_its_own_subjects(nats_server):
     async def record(msg) -> None:  # noqa: ANN001
         seen.append((msg.subject, msg.data))
     await listener.nc.subscribe("voicebus.>", cb=record)
-    await listener.nc.flush()
+    await flush_sent(listener.nc)
     try:
         for role, subject, allowed in PUBLISH:
             client = await Client().connect(nats_server.url_for(role), nats_auth.user_name(role))
             payload, marker = secrets.token_bytes(8), secrets.token_bytes(8)
             await client.nc.publish(subject, payload)
             await client.nc.publish(SPANS_SUBJECT, marker)  # same connection: delivered after `payload`
-            await client.nc.flush()
+            await flush_sent(client.nc)
             await wait_until(lambda: (SPANS_SUBJECT, marker) in seen, f"{role}'s marker")
             assert ((subject, payload) in seen) == allowed, (role, subject)
             if not allowed:
@@ -173,11 +173,11 @@ async def test_each_role_publishes_and_reads_only_its_own_subjects(nats_server):
         for role, subject, allowed in SUBSCRIBE:
             client = await Client().connect(nats_server.url_for(role), nats_auth.user_name(role))
             subscription = await client.nc.subscribe(subject)
-            await client.nc.flush()
+            await flush_sent(client.nc)
             if allowed:
                 concrete = subject.replace("*", "stt").replace(">", "c1.turn_completed")
                 await listener.nc.publish(concrete, b"hello")
-                await listener.nc.flush()
+                await flush_sent(listener.nc)
                 assert (await subscription.next_msg(timeout=WAIT_SECONDS)).data == b"hello"
             else:
                 await client.refused("subscription", subject)
@@ -261,7 +261,7 @@ async def handled(llm: Client, proc: ServiceProcess, key: bytes, repeat: bool = 
     while True:
         payload = draining(sentinel)
         await llm.nc.publish(LLM_SUBJECT, payload, headers=signed(key, payload))
-        await llm.nc.flush()
+        await flush_sent(llm.nc)
         if await asyncio.to_thread(lambda: logged(proc, "instance joined", sentinel)) or not repeat:
             break
         assert time.monotonic() < deadline, "the orchestrator never took a heartbeat"
@@ -291,13 +291,13 @@ async def test_a_fake_instance_cannot_hijack_the_next_turn(nats_server, guarded)
         else:
             payload = heartbeat(fakes["anonymous"][1])
             await anonymous.publish(LLM_SUBJECT, payload, headers=signed(key, payload))
-            await anonymous.flush()
+            await flush_sent(anonymous)
             await anonymous.close()
         # (b) Another service's credentials: the publish is refused, even correctly signed.
         stt = await Client().connect(nats_server.url_for("stt"), "voicebus-stt")
         payload = heartbeat(fakes["other_role"][1])
         await stt.nc.publish(LLM_SUBJECT, payload, headers=signed(key, payload))
-        await stt.nc.flush()
+        await flush_sent(stt.nc)
         # (c) The LLM's own credentials, but no valid signature, or a stale or absurd heartbeat.
         forged = {
             "unsigned": (heartbeat(fakes["unsigned"][1]), None),
@@ -500,7 +500,7 @@ async def test_nats_tls_with_a_ca_made_here(pki):
             await nats.connect(server.url, allow_reconnect=False, connect_timeout=5)
         reader = await nats.connect(server.url, tls=ssl.create_default_context(cafile=str(pki["ca.pem"])))
         subscription = await reader.subscribe(SPANS_SUBJECT)
-        await reader.flush()
+        await flush_sent(reader)
         await bus.start()
         assert await bus.wait_connected(WAIT_SECONDS)
         bus.publish(SPANS_SUBJECT, b"over tls")
@@ -545,7 +545,7 @@ async def test_compose_gives_each_service_only_its_own_nats_credentials(tmp_path
         reader = await wait_until_async(lambda: nats.connect(
             url.replace("://", f"://{admin['user']}:{admin['password']}@"), allow_reconnect=False))
         subscription = await reader.subscribe("voicebus.service.stt.heartbeat")
-        await reader.flush()
+        await flush_sent(reader)
         await bus.start()
         assert await bus.wait_connected(WAIT_SECONDS)
         await bus.send_heartbeat(service="stt", instance_id="stt-1", address="stt:50051", capabilities=[],

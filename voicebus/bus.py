@@ -55,6 +55,17 @@ _SIGNATURE_PREFIX = "v1="
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+async def flush_sent(nc: Client, timeout: float = 5.0) -> None:
+    """Return once the server has processed everything sent on `nc` so far (a SUB, a PUB).
+
+    nats.py 2.16's `flush()` writes its PING straight to the socket, ahead of commands still in
+    the client's pending buffer, so its PONG may come back before a SUB just made reaches the
+    server, and a message published right after is lost (tests/test_security.py lost one in
+    ~5 % of tries under load). Writing the buffer out first makes the PONG mean what it says."""
+    await nc._flush_pending(force_flush=True)  # noqa: SLF001 - the public flush() skips this buffer
+    await nc.flush(timeout=timeout)
+
+
 def without_credentials(url: str) -> str:
     """The URL(s) with any `user:password@` removed, for log lines and messages."""
     def one(part: str) -> str:
@@ -292,7 +303,7 @@ class EventBus:
             await asyncio.sleep(0.02)
         if self.connected and self.nc:
             with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=max(0.1, deadline - time.monotonic()))
+                await flush_sent(self.nc, max(0.1, deadline - time.monotonic()))
 
     async def send_heartbeat(self, *, service: str, instance_id: str, address: str, capabilities: list[str],
                              in_flight: int, load: float, draining: bool = False, ttl: float = 6.0) -> None:
@@ -310,7 +321,7 @@ class EventBus:
             if self.connected and self.nc:
                 with contextlib.suppress(Exception):
                     await self.nc.publish(subject, payload, headers=headers)
-                    await self.nc.flush(timeout=1)
+                    await flush_sent(self.nc, 1)
             return
         self.publish(subject, payload, headers=headers)
 
