@@ -73,6 +73,8 @@ EVENT_FIELDS: dict[str, Callable[[assistant_pb2.ConverseResponse], Fields]] = {
     "response_delta": _response_delta,
     "audio": _audio,
     "degraded": lambda r: degraded_json(r.degraded),
+    "playback_paused": lambda r: {},
+    "playback_resumed": lambda r: {"heard": r.playback_resumed.heard},
     "turn_completed": _turn_ended("turn_completed"),
     "turn_interrupted": _turn_ended("turn_interrupted"),
     "turn_failed": _turn_failed,

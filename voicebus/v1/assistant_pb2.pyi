@@ -562,6 +562,49 @@ class UserSpeechStarted(_message.Message):
 Global___UserSpeechStarted: _TypeAlias = UserSpeechStarted  # noqa: Y015
 
 @_typing.final
+class PlaybackPaused(_message.Message):
+    """The user started speaking while this turn's answer is being said: pause its playback now
+    (keep queueing its audio). Either `playback_resumed` follows (it was a backchannel such as
+    "mm-hmm", or noise: nothing is answered) or `turn_interrupted` (a real barge-in; the new
+    turn's events follow). The server's playout clock stands still while paused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaybackPaused: _TypeAlias = PlaybackPaused  # noqa: Y015
+
+@_typing.final
+class PlaybackResumed(_message.Message):
+    """The speech that paused this turn was not an interruption: resume its playback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARD_FIELD_NUMBER: _builtins.int
+    heard: _builtins.str
+    """What was heard ("mm-hmm"; empty for noise)."""
+    def __init__(
+        self,
+        *,
+        heard: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heard", b"heard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaybackResumed: _TypeAlias = PlaybackResumed  # noqa: Y015
+
+@_typing.final
 class ConversationOpened(_message.Message):
     """The first event of a Converse stream, right after the client's config."""
 
@@ -604,6 +647,8 @@ class ConverseResponse(_message.Message):
     TURN_FAILED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     CONVERSATION_OPENED_FIELD_NUMBER: _builtins.int
+    PLAYBACK_PAUSED_FIELD_NUMBER: _builtins.int
+    PLAYBACK_RESUMED_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     turn_id: _builtins.str
@@ -633,6 +678,10 @@ class ConverseResponse(_message.Message):
     def error(self) -> _common_pb2.StreamError: ...
     @_builtins.property
     def conversation_opened(self) -> Global___ConversationOpened: ...
+    @_builtins.property
+    def playback_paused(self) -> Global___PlaybackPaused: ...
+    @_builtins.property
+    def playback_resumed(self) -> Global___PlaybackResumed: ...
     def __init__(
         self,
         *,
@@ -649,13 +698,15 @@ class ConverseResponse(_message.Message):
         turn_failed: Global___TurnFailed | None = ...,
         error: _common_pb2.StreamError | None = ...,
         conversation_opened: Global___ConversationOpened | None = ...,
+        playback_paused: Global___PlaybackPaused | None = ...,
+        playback_resumed: Global___PlaybackResumed | None = ...,
         trace_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "conversation_opened", b"conversation_opened", "degraded", b"degraded", "error", b"error", "event", b"event", "response_delta", b"response_delta", "speech_started", b"speech_started", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "conversation_opened", b"conversation_opened", "degraded", b"degraded", "error", b"error", "event", b"event", "playback_paused", b"playback_paused", "playback_resumed", b"playback_resumed", "response_delta", b"response_delta", "speech_started", b"speech_started", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "conversation_id", b"conversation_id", "conversation_opened", b"conversation_opened", "degraded", b"degraded", "error", b"error", "event", b"event", "response_delta", b"response_delta", "speech_started", b"speech_started", "trace_id", b"trace_id", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "conversation_id", b"conversation_id", "conversation_opened", b"conversation_opened", "degraded", b"degraded", "error", b"error", "event", b"event", "playback_paused", b"playback_paused", "playback_resumed", b"playback_resumed", "response_delta", b"response_delta", "speech_started", b"speech_started", "trace_id", b"trace_id", "transcript", b"transcript", "turn_completed", b"turn_completed", "turn_failed", b"turn_failed", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "turn_started", b"turn_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["turn_started", "speech_started", "transcript", "response_delta", "audio", "degraded", "turn_interrupted", "turn_completed", "turn_failed", "error", "conversation_opened"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["turn_started", "speech_started", "transcript", "response_delta", "audio", "degraded", "turn_interrupted", "turn_completed", "turn_failed", "error", "conversation_opened", "playback_paused", "playback_resumed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
