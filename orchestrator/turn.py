@@ -92,6 +92,7 @@ class TurnHandle:
         self.first_audio_at = 0.0
         self.playout: Playout | None = None  # set when the client plays the audio in real time
         self.playing_out = False  # everything is sent; the turn waits for the audio to play
+        self.paused = False  # the user may be talking over it (see overlap.py)
         self._undelivered = 0  # events handed to the sink and not yet delivered
         self._drained = asyncio.Event()
         self._drained.set()
@@ -171,6 +172,27 @@ class TurnHandle:
         self.span.add_event("sent", {"audio_seconds_left": round(max(0.0, self.playout.ends_at - time.monotonic()), 3)})
         await self.playout.played()
         self.span.add_event("played")
+
+    # -- the user talking over it (overlap.py decides) -------------------------------------------
+    def pause(self) -> None:
+        """The client is told to pause playback; the playout clock stands still."""
+        if self.done.is_set() or self.paused or self.interrupted:
+            return
+        self.paused = True
+        if self.playout is not None:
+            self.playout.pause()
+        self.span.add_event("playback paused")
+        self.send(playback_paused=assistant_pb2.PlaybackPaused())
+
+    def resume(self, heard: str) -> None:
+        """It was not an interruption (a backchannel, noise): playback goes on."""
+        if not self.paused or self.done.is_set() or self.interrupted:
+            return
+        self.paused = False
+        if self.playout is not None:
+            self.playout.resume()
+        self.span.add_event("playback resumed", {"backchannel_words": len(heard.split())})
+        self.send(playback_resumed=assistant_pb2.PlaybackResumed(heard=heard))
 
     # -- ending it from outside ----------------------------------------------------------------
     async def interrupt(self) -> None:
