@@ -31,6 +31,7 @@ from orchestrator import intake
 from orchestrator.clients import StageError
 from orchestrator.intake import InputError
 from orchestrator.listen import Recording
+from orchestrator.overlap import Overlap
 from orchestrator.pipeline import run_turn
 from orchestrator.playout import Playout
 from orchestrator.recorder import TurnRecorder
@@ -65,6 +66,7 @@ class ConverseSession:
         self._listener: asyncio.Task[None] | None = None
         self._speech_end_at = 0.0
         self._refused_utterance = False  # its speech started while the conversation was busy elsewhere
+        self._overlap: Overlap | None = None  # an utterance begun over an answer, not yet judged
         self._stream_links: list[Link] = []
 
     # -- output ------------------------------------------------------------------------------
@@ -125,7 +127,7 @@ class ConverseSession:
                 elif kind == "text":
                     await self._on_text(request.text, request.traceparent)
                 elif kind == "interrupt":
-                    await self._interrupt()
+                    await self._interrupt_request()
                 elif kind == "playback":
                     self._on_playback(request.playback)
                 elif kind == "config":
@@ -203,6 +205,8 @@ class ConverseSession:
         except InputError as bad:
             self._error(bad, common_pb2.STAGE_INPUT, trace_id=refused_trace)
             return
+        if self._overlap is not None:  # the text takes the turn; the speech under way is dropped
+            await self._overlap.close()
         await self._interrupt()  # typed over an answer that is still playing: a barge-in
         if handle := self._new_turn("text", parent, links):
             handle.heard(UserInput(text=text, source="text", language=self.config.options.language_code))
@@ -213,6 +217,13 @@ class ConverseSession:
         if current is not None and current.playout is not None and report.turn_id == current.turn_id \
                 and not current.done.is_set():
             current.playout.report(report.played_ms / 1000)
+
+    async def _interrupt_request(self) -> None:
+        """The client's `interrupt`: the answer stops; speech being judged over it is a turn."""
+        if self._overlap is not None and self._overlap.judging:
+            await self._overlap.barge_in()
+        else:
+            await self._interrupt()
 
     async def _interrupt(self) -> None:
         """Barge-in: the answer stops now; a turn still being heard goes on."""
@@ -228,7 +239,8 @@ class ConverseSession:
             settings, fmt = self.deps.settings, self.config.input_format
             config = stt_pb2.RecognitionConfig(
                 encoding=fmt.encoding, sample_rate_hz=fmt.sample_rate_hz,
-                language_code=self.config.options.language_code, interim_results=self.config.interim_results,
+                # interims always: they tell a barge-in from a backchannel early (sent on only if asked)
+                language_code=self.config.options.language_code, interim_results=True,
                 end_of_utterance_silence_ms=self.config.end_of_utterance_silence_ms)
             parent, links = self._trace_parent(traceparent)
             listen = tracer("voicebus.orchestrator").start_span(
@@ -264,6 +276,8 @@ class ConverseSession:
                 elif kind == "event" and reply.event.type == Event.SPEECH_EVENT_TYPE_END_OF_UTTERANCE:
                     listen.add_event("end_of_utterance", {"offset_seconds": reply.event.offset_seconds})
                     self._speech_end_at = self._speech_end_at or time.monotonic()
+                    if self._overlap is not None:
+                        self._overlap.speech_ended()
                 elif kind == "result":
                     if reply.result.is_final:
                         listen.add_event("final", {"stt.model": reply.model,
@@ -280,6 +294,8 @@ class ConverseSession:
                                                            grpc.StatusCode.DEADLINE_EXCEEDED):
                 exc = StageError("stt", grpc.StatusCode.UNAVAILABLE, f"speech recognition unavailable: {exc.message}")
             listen.set_status(Status(StatusCode.ERROR, exc.message[:300]))
+            if self._overlap is not None:  # unjudged speech over the answer: let the answer go on
+                self._overlap.let_pass("")
             hearing = self._hearing()
             if hearing is None:  # no turn began: the client still hears why
                 self._error(exc, common_pb2.STAGE_STT, trace_id=trace_id_of(listen))
@@ -305,8 +321,17 @@ class ConverseSession:
                     common_pb2.STAGE_STT, hearing)
 
     async def _on_speech_started(self) -> None:
-        if self.current is not None and not self.current.listening:
-            await self._interrupt()  # barge-in: the user talks over the answer
+        current = self.current
+        if current is not None and not current.listening and not current.done.is_set():
+            # The user talks over the answer: paused now, judged by its words (overlap.py).
+            settings = self.deps.settings
+            self._overlap = Overlap(current, settings.backchannel_window_ms / 1000, settings.stt_timeout_seconds,
+                                    interrupt=self._interrupt, start_turn=self._start_utterance)
+            return
+        self._start_utterance()
+
+    def _start_utterance(self) -> None:
+        """Speech began and nothing is being answered: its turn starts now."""
         if self._hearing() is None:
             self._speech_end_at = 0.0
             handle = self._new_turn("audio")
@@ -318,6 +343,14 @@ class ConverseSession:
         if self._refused_utterance:  # the conversation was busy when this utterance began
             self._refused_utterance = not result.is_final
             return
+        if (overlap := self._overlap) is not None:
+            if result.is_final:
+                self._overlap = None  # the utterance is over
+            if not await overlap.judge(result):
+                return
+            if self._refused_utterance:  # its turn could not start
+                self._refused_utterance = not result.is_final
+                return
         handle = self._hearing()
         if handle is None:  # a final with no speech event before it (e.g. nobody spoke)
             if self.current is not None and not self.current.done.is_set():
@@ -326,11 +359,16 @@ class ConverseSession:
             if handle is None:
                 return
         transcript = result.transcript
-        handle.send(transcript=assistant_pb2.TranscriptUpdate(
-            text=transcript.text, is_final=result.is_final, language_code=transcript.language_code,
-            confidence=transcript.confidence))
+        if result.is_final or self.config.interim_results:
+            handle.send(transcript=assistant_pb2.TranscriptUpdate(
+                text=transcript.text, is_final=result.is_final, language_code=transcript.language_code,
+                confidence=transcript.confidence))
         if result.is_final:
-            spoken_at, self._speech_end_at = self._speech_end_at or time.monotonic(), 0.0
+            # The clock of first-audio latency: when the last speech sample reached STT (its latency
+            # counts from there), hands-free too; else when the end of the utterance was known.
+            now = time.monotonic()
+            spoken_at = now - result.latency_seconds if result.latency_seconds > 0 else self._speech_end_at or now
+            self._speech_end_at = 0.0
             handle.heard(UserInput(
                 text=transcript.text, source="audio", language=transcript.language_code,
                 confidence=transcript.confidence, no_speech=transcript.no_speech,
@@ -338,6 +376,8 @@ class ConverseSession:
 
     async def _shutdown(self) -> None:
         self.deps.conversations.unwatch(self.conversation_id, self._on_deleted)
+        if self._overlap is not None:
+            await self._overlap.close()
         if self._recording is not None:
             self._recording.cancel()
         if self._listener and not self._listener.done():

@@ -28,6 +28,9 @@ class OrchestratorSettings(CommonSettings):
     llm_timeout_seconds: float = Field(60.0, description="Deadline for one LLM answer.")
     tts_timeout_seconds: float = Field(60.0, description="Deadline for one TTS call.")
     history_turns: int = Field(20, description="Most recent turns sent to the LLM (it trims further to its token budget).")
+    backchannel_window_ms: int = Field(
+        1500, description="Speech over an answer pauses it; speech still going on this long after it began is a "
+        "barge-in whatever its words (shorter speech is judged by its words: a backchannel lets the answer go on).")
     instance_retry_seconds: float = Field(
         10.0, description="An instance that failed a call is avoided this long (when others are known).")
 

@@ -36,6 +36,8 @@ TURNS = Counter("voicebus_turns_total", "Turns by outcome (completed, failed, in
 # degraded (the stage's output was dropped: text without speech).
 FALLBACKS = Counter("voicebus_fallbacks_total", "Fallbacks taken, by stage and kind (instance, provider, engine, "
                     "degraded)", ["stage", "kind"])
+OVERLAPS = Counter("voicebus_overlaps_total", "Speech over an answer, by verdict (barge_in, backchannel: "
+                   "the answer went on)", ["verdict"])
 ACTIVE_STREAMS = Gauge("voicebus_active_streams", "Open Converse streams (active conversations)")
 # queue: stt_inference (decodes running or waiting for the Whisper thread), tts_synthesis
 # (sentences being synthesized or waiting for an engine).
