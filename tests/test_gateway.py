@@ -393,6 +393,43 @@ async def test_ws_realtime_playback_turn_lasts_until_played_and_a_late_interrupt
         assert whole.startswith(heard) and len(heard) < len(whole), (heard, whole)
 
 
+async def test_ws_speech_over_a_playing_answer_a_backchannel_resumes_it_a_question_interrupts_it(stack, tmp_path):
+    """Hands-free over a realtime playout (reports of 0 ms hold the server's clock at the start):
+    "Okay." pauses the answer and resumes it, unanswered; a question pauses it and ends it
+    interrupted, then is answered as the next turn."""
+    def pcm(text: str, name: str) -> bytes:
+        return pcm16_at(*wav_pcm(speech_wav(text, tmp_path / name, 0.3, 1.2)), 16000)
+
+    async def until(ws, kind: str, frames: bytes = b"", turn_id: str = "") -> list[dict]:
+        """Events (audio frames skipped) until `kind`, while `frames` stream in 100 ms pieces."""
+        seen: list[dict] = []
+        for i in range(0, len(frames), 3200):
+            await ws.send(frames[i:i + 3200])
+            await ws.send(json.dumps({"type": "playback", "turn_id": turn_id, "played_ms": 0}))
+        while not seen or seen[-1]["type"] != kind:
+            message = await asyncio.wait_for(ws.recv(), 120)
+            if isinstance(message, str):
+                seen.append(json.loads(message))
+        return seen
+
+    async with ws_connect(stack, additional_headers=AUTH) as ws:
+        await ws.send(json.dumps({"type": "start", "playback": "realtime", "format": "pcm16", "sample_rate": 16000}))
+        assert json.loads(await ws.recv())["type"] == "conversation_opened"
+        await ws.send(json.dumps({"type": "text", "text": "Tell me a story about a dragon in three sentences."}))
+        answer = (await until(ws, "audio"))[-1]["turn_id"]
+        seen = await until(ws, "playback_resumed", pcm("Okay.", "okay.wav"), answer)
+        kinds = [e["type"] for e in seen]
+        assert "playback_paused" in kinds and not {"turn_started", "speech_started", *TURN_END} & set(kinds), kinds
+        assert seen[-1]["turn_id"] == answer and words(seen[-1]["heard"]) == ["okay"], seen[-1]
+        seen = await until(ws, "turn_interrupted", pcm(QUESTION, "question.wav"), answer)
+        assert [e["type"] for e in seen].count("playback_paused") == 1 and seen[-1]["turn_id"] == answer
+        events, _ = await next_turn(ws)
+    assert events[0]["type"] == "turn_started" and events[-1]["type"] == "turn_completed", events
+    assert_heard_question(events[-1]["turn"]["user_text"], streamed=True)
+    stored = httpx.get(f"{stack.base}/api/conversations/{events[0]['conversation_id']}", headers=AUTH).json()
+    assert [t["outcome"] for t in stored["turns"]] == ["interrupted", "completed"], stored
+
+
 async def test_ws_bad_messages_are_error_events_not_disconnects(stack):
     async with ws_connect(stack, additional_headers=AUTH) as ws:
         await ws.send("{not json")
