@@ -115,6 +115,7 @@ class SpeechToTextServicer(stt_pb2_grpc.SpeechToTextServicer):
             language=self.engine.language_for(config.language_code),
             interim_results=config.interim_results, single_utterance=config.single_utterance,
             end_of_utterance=int(silence_ms * WHISPER_RATE / 1000),
+            unfinished_end_of_utterance=int(max(silence_ms, s.stt_unfinished_end_of_utterance_ms) * WHISPER_RATE / 1000),
             interim_interval=int(s.stt_interim_interval_ms * WHISPER_RATE / 1000),
             min_speech_windows=max(1, round(s.stt_min_speech_ms / 32)), threshold=s.stt_vad_threshold,
             commit_after=int(s.stt_commit_after_seconds * WHISPER_RATE),

@@ -41,6 +41,9 @@ class SttSettings(CommonSettings):
     stt_max_stream_seconds: float = Field(3600.0, description="Longest audio accepted in one streaming call.")
     stt_end_of_utterance_ms: int = Field(
         500, description="Silence that ends an utterance when the client's config leaves it at 0.")
+    stt_unfinished_end_of_utterance_ms: int = Field(
+        1200, description="Silence that ends an utterance whose words trail off (\"a table for\", \"and um\"); "
+        "at or below the end-of-utterance silence, words are not read.")
     stt_interim_interval_ms: int = Field(
         500, description="Interim results at most once per this much new audio (skipped while busy).")
     stt_vad_threshold: float = Field(0.5, description="Silero VAD speech probability that counts as speech.")

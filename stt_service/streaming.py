@@ -9,6 +9,9 @@ avoid is *starting* that decode only once the utterance is declared over:
   result *is* the final, ready or nearly so when END_OF_UTTERANCE is sent. If speech
   resumes, it was just an early interim.
 - Any earlier decode whose audio already reaches past the end of speech is reused too.
+- At end-of-utterance the words of that decode are read (completeness.py): if they trail
+  off ("… a table for"), the end waits for a longer silence (1.2 s by default), and speech
+  that resumes meanwhile continues the same utterance.
 - In long utterances, segments older than `commit_after_seconds` are committed: later
   decodes (interims and the final) only look at the uncommitted tail.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stt_service.audio_input import WINDOW, AudioBlock, End
+from stt_service.completeness import unfinished
 from stt_service.engine import Heard, HeardSegment, InferenceQueue, Priority, WhisperEngine, make_transcript
 from voicebus.audio import WHISPER_RATE, AudioError
 from voicebus.metrics import STT_SECONDS
@@ -48,6 +52,7 @@ class StreamOptions:
     interim_results: bool
     single_utterance: bool
     end_of_utterance: int  # samples of silence
+    unfinished_end_of_utterance: int  # samples of silence after words that trail off (completeness.py)
     interim_interval: int  # samples
     min_speech_windows: int
     threshold: float
@@ -111,6 +116,7 @@ class Utterance:
     latest: Decode | None = None
     last_interim_end: int = 0
     last_interim_words: list[str] = field(default_factory=list)
+    held: bool = False  # its words trail off: the end waits for the longer silence
     ended: bool = False
 
 
@@ -172,6 +178,7 @@ class StreamingRecognizer:
             return
         if prob >= self.o.threshold or (prob >= self._neg_threshold and u.silence_from is None):
             u.speech_end, u.silence_from, u.speech_arrival = position + WINDOW, None, arrival
+            u.held = False
             return
         if u.silence_from is None:
             u.silence_from = u.speech_end
@@ -180,8 +187,26 @@ class StreamingRecognizer:
             # Only with a slot to spare: a guess must not take the room another stream's final needs.
             if self.jobs.in_flight < self.jobs.max_waiting or self.jobs.idle:
                 self._launch(u, position + WINDOW, final=True)
-        if silence >= self.o.end_of_utterance:
+        if silence >= self.o.end_of_utterance and await self._over(u, silence):
             await self._finish(u)
+
+    async def _over(self, u: Utterance, silence: int) -> bool:
+        """True when the utterance ends at this silence: its words read as finished, or the longer
+        wait for words that trail off is over. The words are those of the decode the final reuses,
+        so reading them costs no inference."""
+        if silence >= self.o.unfinished_end_of_utterance:
+            return True
+        if u.held:
+            return False
+        if not self._covers(u, u.latest):
+            self._launch(u, min(u.speech_end + POST_ROLL, self.buffer.end), final=True)
+        assert u.latest is not None
+        try:
+            heard = await u.latest.future
+        except Exception:  # noqa: BLE001 - _finish decodes again, or reports why it cannot
+            return True
+        u.held = unfinished(" ".join(segment.text for segment in u.committed + heard.segments))
+        return not u.held
 
     def _open_utterance(self, start: int, end: int, arrival: float) -> None:
         self.utt = Utterance(index=self.utterances, speech_start=start, speech_end=end, speech_arrival=arrival,

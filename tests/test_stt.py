@@ -22,7 +22,9 @@ import pytest
 
 import hostile_audio
 from helpers import ServiceProcess, free_port, word_error_rate, words
-from stt_support import (SENTENCES, encode, pcm16, pcm_chunks, pcm_config, run_stream, silence, speech, split)
+from stt_service.completeness import unfinished
+from stt_support import (SENTENCES, StreamRun, encode, pcm16, pcm_chunks, pcm_config, run_stream, silence, speech,
+                         split)
 from voicebus.v1 import audio_pb2, stt_pb2, stt_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -204,6 +206,34 @@ def test_streaming_several_utterances_in_one_stream(stt, voices):
     assert word_error_rate(SENTENCES[0], finals[0].transcript.text) == 0, finals[0].transcript.text
     assert word_error_rate(SENTENCES[5], finals[1].transcript.text) <= MAX_SENTENCE_WER, finals[1].transcript.text
     assert finals[0].transcript.audio_end_seconds < finals[1].transcript.audio_start_seconds
+
+
+def test_a_pause_after_words_that_trail_off_does_not_end_the_utterance(stt, tmp_path):
+    """The end of an utterance reads its words: "... a table for", 0.7 s of silence, "four people
+    tomorrow evening" is one utterance; "... capital of France?", the same pause, "And what about
+    Germany?" is two, as a finished sentence ends after the short silence."""
+    def stream(first: str, second: str) -> StreamRun:
+        audio = np.concatenate([silence(0.3), speech(first, tmp_path)[1], silence(0.7),
+                                speech(second, tmp_path)[1], silence(1.6)])
+        return run_stream(stt, pcm_config(), pcm_chunks(audio, 0.1), interval=0.02)
+
+    held = stream("I would like to book a table for", "four people tomorrow evening")
+    assert held.kinds() == ["started", "end", "final"], [f.transcript.text for f in held.finals()]
+    heard = words(held.finals()[0].transcript.text)
+    assert {"table", "people", "evening"} <= set(heard), heard
+    ended = stream("What is the capital of France?", "And what about Germany?")
+    assert ended.kinds() == ["started", "end", "final"] * 2, [f.transcript.text for f in ended.finals()]
+    assert "france" in words(ended.finals()[0].transcript.text)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("I would like to book a table for", True), ("I would like to book a table for.", True),
+    ("and um,", True), ("Tell me about the...", True), ("मुझे दिल्ली के", True), ("Set a timer for it", True),
+    ("I love it.", False),
+    ("What is the capital of France?", False), ("What are you looking for?", False), ("Turn it on.", False),
+    ("Yes, I'd love it.", False), ("मौसम कैसा है", False), ("", False)])
+def test_which_words_trail_off(text, expected):
+    assert unfinished(text) is expected
 
 
 def test_push_to_talk_half_close_gives_the_final(stt, voices):
