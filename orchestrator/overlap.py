@@ -3,8 +3,10 @@
 When the user starts talking while a turn is being answered, the answer is paused at once
 (`playback_paused`, within a VAD onset of the speech) and the utterance is judged:
 - words that are not a backchannel ("wait", "what about …") in an interim or the final, or
-  speech still going on `window` seconds after it began: a barge-in. The answer ends
-  interrupted, keeping what was played, and the utterance becomes the next turn;
+  speech whose end is still unknown `window` seconds after it began: a barge-in. The answer
+  ends interrupted, keeping what was played, and the utterance becomes the next turn. (STT
+  declares the end once it has read the words, so the window covers a short utterance, the
+  end-of-utterance silence and a decode on a busy machine: 1.5 s let "okay" barge in under load.)
 - the final holds only a backchannel ("mm-hmm", "okay", "yeah"), nothing intelligible (a
   cough, a door: no words, low confidence or likely no speech): the answer resumes
   (`playback_resumed`) and nothing is answered or stored.

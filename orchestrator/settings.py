@@ -29,8 +29,9 @@ class OrchestratorSettings(CommonSettings):
     tts_timeout_seconds: float = Field(60.0, description="Deadline for one TTS call.")
     history_turns: int = Field(20, description="Most recent turns sent to the LLM (it trims further to its token budget).")
     backchannel_window_ms: int = Field(
-        1500, description="Speech over an answer pauses it; speech still going on this long after it began is a "
-        "barge-in whatever its words (shorter speech is judged by its words: a backchannel lets the answer go on).")
+        3000, description="Speech over an answer pauses it and is judged by its words; if neither its words nor its "
+        "end are known this long after it began, it is a barge-in. It covers a backchannel, the end-of-utterance "
+        "silence and a decode on a busy machine; the answer stays paused meanwhile.")
     instance_retry_seconds: float = Field(
         10.0, description="An instance that failed a call is avoided this long (when others are known).")
 
