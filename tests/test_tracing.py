@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import re
 import secrets
@@ -400,3 +401,28 @@ def test_logs_carry_ids_but_no_secrets_or_audio(stack, question_wav):
     gateway_lines = log_lines(stack["procs"]["gateway"])
     assert any(line.get("request_id") == "trace-req-1" and line.get("trace_id") == stack["rest_turn"]["trace_id"]
                for line in gateway_lines)
+
+
+def test_a_stream_the_client_left_logs_no_context_error_but_other_detach_errors_stay(capsys):
+    """grpc.aio leaves a left stream's generator to the garbage collector, whose close makes
+    OpenTelemetry log "Failed to detach context" with a traceback: benign, so not an ERROR."""
+    from voicebus.logs import setup_logging
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    setup_logging("test")
+    otel = logging.getLogger("opentelemetry.context")
+    try:
+        for cause in (GeneratorExit, KeyError):
+            try:
+                try:
+                    raise cause
+                except BaseException:  # noqa: BLE001 - the shape of OpenTelemetry's failed detach
+                    raise ValueError("<Token> was created in a different Context")  # noqa: B904
+            except ValueError:
+                otel.exception("Failed to detach context")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        otel.filters.clear()
+        root.handlers[:], root.level = handlers, level
+    assert [(line["level"], "KeyError" in line.get("exception", "")) for line in lines] == [("ERROR", True)]
+

@@ -125,6 +125,25 @@ class RedactingFormatter(logging.Formatter):
         return self.redact(self.inner.format(record))
 
 
+def _abandoned_stream(record: logging.LogRecord) -> bool:
+    """OpenTelemetry's "Failed to detach context" for a streaming RPC the client left: grpc.aio
+    never closes a server handler's response generator, so the garbage collector does, in
+    another context, and the tracing interceptor's detach fails (grpc/grpc#42295,
+    opentelemetry-python-contrib#2357). The span has ended; nothing else is wrong."""
+    if record.getMessage() != "Failed to detach context" or not record.exc_info:
+        return False
+    cause = record.exc_info[1]
+    return cause is not None and isinstance(cause.__context__, GeneratorExit)
+
+
+class _AbandonedStreamFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _abandoned_stream(record):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup_logging(service: str, level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     inner = (JsonFormatter(service) if fmt == "json"
@@ -133,5 +152,6 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json", secrets:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("opentelemetry.context").addFilter(_AbandonedStreamFilter())
     for noisy in ("httpx", "httpcore", "faster_whisper", "nats", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
