@@ -11,7 +11,7 @@
   const vb = window.voicebus = {
     state: "connecting", conversationId: null, lastTranscript: "", lastResponse: "",
     chunksReceived: 0, chunksScheduled: 0, chunksPlayed: 0, turnsFinished: 0, interruptions: 0, interruptsSent: 0,
-    playbackReports: 0,
+    playbackReports: 0, endOfAudioSent: 0, pauses: 0, resumes: 0, playingAfterInterrupt: [],
     lastTurn: null, lastBargeIn: null, errors: [], events: [],
     // Event types in arrival order, per turn id: a turn's list is complete however long its
     // answer, where the bounded `events` log above can lose a long turn's start.
@@ -26,13 +26,16 @@
 
   function setState(state) {
     vb.state = state;
-    const labels = { connecting: "Connecting…", idle: "Ready", listening: "Listening…", thinking: "Thinking…",
-      speaking: "Speaking…", offline: "Offline — reconnecting", locked: "Token needed" };
+    const labels = { connecting: "Connecting…", idle: handsFree.active ? "Hands-free: listening" : "Ready",
+      listening: "Listening…", thinking: "Thinking…", speaking: "Speaking…", offline: "Offline — reconnecting",
+      locked: "Token needed" };
     $("status").textContent = labels[state] || state;
     $("status").dataset.state = state;
     const talk = $("talk");
     talk.classList.toggle("recording", state === "listening");
     talk.classList.toggle("interrupt", state === "speaking" || state === "thinking");
+    talk.disabled = handsFree.active; // its recording would cut into the hands-free one
+    $("handsfree").setAttribute("aria-pressed", String(handsFree.active));
     $("talk-label").textContent = state === "listening" ? "Release to send"
       : (state === "speaking" || state === "thinking") ? "Hold to interrupt" : "Hold to talk";
   }
@@ -107,6 +110,7 @@
     ws.onclose = (event) => {
       ws = null;
       started = false;
+      handsFree.stop(); // its recording went to the stream that ended
       endTurn();
       if (event.code === 4401) {
         setState("locked");
@@ -207,12 +211,22 @@
     audio(e) { pendingAudio = e; },
     degraded(e) { note(turnFor(e), `${e.stage.toUpperCase()} degraded: ${e.message}`); },
     turn_completed(e) { finishTurn(e, null); },
-    turn_interrupted(e) { finishTurn(e, "interrupted"); },
+    // The user spoke over the answer (hands-free): the server pauses it while it judges the words.
+    playback_paused() { player.pause(); vb.pauses++; },
+    playback_resumed() { player.resume(); vb.resumes++; },
+    turn_interrupted(e) {
+      // A barge-in the server decided (or confirms): the rest of this turn's audio is dropped.
+      mutedTurns.add(e.turn_id);
+      player.stop();
+      vb.playingAfterInterrupt.push(player.playing);
+      finishTurn(e, "interrupted");
+    },
     turn_failed(e) { finishTurn(e, "failed"); note(turnFor(e), e.message); },
     error(e) {
       if (e.code !== "unauthenticated") showError(e.message); // the token dialog says it
       if (e.fatal) {
         started = false;
+        handsFree.stop();
         if (e.code === "not_found") { setConversation(null); }
       }
       // An error outside a turn (e.g. text refused) ends the wait; one inside a turn is
@@ -359,7 +373,7 @@
   const recorderFormat = window.VoicebusAudio.recorderFormat;
 
   async function startTalking() {
-    if (holding) return;
+    if (holding || handsFree.active) return;
     holding = true;
     turnsEndedAtPress = vb.turnsFinished;
     clearError();
@@ -376,8 +390,7 @@
       await ensureStarted();
     } catch (err) {
       holding = false;
-      const denied = err && (err.name === "NotAllowedError" || err.name === "SecurityError");
-      showError(denied ? "Microphone access was denied. Allow it in the browser to talk." : err.message);
+      showError(microphoneError(err));
       return;
     }
     if (!holding) return; // released before the microphone was ready
@@ -391,13 +404,21 @@
     const turnTrace = traceparent();
     recorder.onstop = () => {
       // After the last dataavailable: the utterance is complete.
-      if (ws && ws.readyState === WebSocket.OPEN) send({ type: "end_of_audio", traceparent: turnTrace });
+      if (ws && ws.readyState === WebSocket.OPEN) {
+        send({ type: "end_of_audio", traceparent: turnTrace });
+        vb.endOfAudioSent++;
+      }
       if (stopped === recorder) recorder = null;
     };
     send({ type: "audio_start", traceparent: turnTrace });
     recorder.start(250);
     if (wasAnswering || !currentTurn()) newTurn("…");
     setState("listening");
+  }
+
+  function microphoneError(err) {
+    const denied = err && (err.name === "NotAllowedError" || err.name === "SecurityError");
+    return denied ? "Microphone access was denied. Allow it in the browser to talk." : err.message;
   }
 
   let turnsEndedAtPress = 0;  // turns finished before the talk button went down
@@ -416,6 +437,32 @@
         waitForAnswer();
       }
     }
+  }
+
+  // ---- hands-free: the microphone always open, the server ends utterances (handsfree.js) --
+  const handsFree = new window.VoicebusHandsFree.HandsFreeSession({
+    openStream: async () => { await ensureStarted(); return recorderFormat(); },
+    sendAudio: (blob) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(blob); },
+    onEnd: () => {
+      // The server's recording still expects the rest of the session's container stream: the
+      // next audio goes to a new stream. A conversation is stored with its first turn, so one
+      // without any cannot be reopened: the new stream then opens a new one.
+      started = false;
+      if (!turns.some((turn) => turn.done && turn.id)) setConversation(null);
+      setState(vb.state);
+    },
+  });
+  Object.defineProperty(vb, "handsFree", { get: () => handsFree.active, enumerable: true });
+  Object.defineProperty(vb, "microphone", { get: () => handsFree.microphone, enumerable: true });
+
+  async function toggleHandsFree() {
+    if (handsFree.active) { handsFree.stop(); return; }
+    if (holding) return;
+    clearError();
+    player.unlock(); // inside the click: autoplay rules
+    const starting = handsFree.start();
+    setState(vb.state);
+    try { await starting; } catch (err) { showError(microphoneError(err)); }
   }
 
   // Nothing came back for an utterance (e.g. too short to hold any audio): stop waiting.
@@ -545,7 +592,11 @@
   }
 
   // The next talk/text sends a fresh `start` (with the chosen conversation, if any).
-  function restartStream() { started = false; mutedTurns = new Set(); }
+  function restartStream() {
+    started = false;
+    mutedTurns = new Set();
+    if (handsFree.active) { handsFree.stop(); toggleHandsFree(); } // its audio goes to the new stream
+  }
 
   // ---- token -----------------------------------------------------------------------
   function askForToken(reason) {
@@ -598,6 +649,7 @@
     sendText(text);
   });
 
+  $("handsfree").onclick = toggleHandsFree;
   $("new-conversation").onclick = newConversation;
   $("error-close").onclick = clearError;
   const closeDrawer = () => $("app").classList.remove("drawer-open");

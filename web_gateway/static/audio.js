@@ -14,6 +14,7 @@ window.VoicebusAudio = (() => {
       this.turnId = null;        // the turn whose audio was scheduled last
       this.turnStart = 0;        // when its first chunk starts (AudioContext time)
       this.turnSeconds = 0;      // its audio scheduled so far
+      this.paused = false;       // the server said the user may be talking over the answer
     }
 
     // Seconds of `turnId`'s audio played so far (null for a turn this player is not playing).
@@ -25,7 +26,20 @@ window.VoicebusAudio = (() => {
     // Must first run inside a user gesture (autoplay rules).
     unlock() {
       if (!this.ctx) this.ctx = new (window.AudioContext || window.webkitAudioContext)();
-      if (this.ctx.state === "suspended") this.ctx.resume();
+      if (this.ctx.state === "suspended" && !this.paused) this.ctx.resume();
+    }
+
+    // Hold everything where it is: with the context suspended its clock stands still, so what
+    // is scheduled waits, chunks arriving meanwhile queue behind it, and played() counts
+    // only what was heard.
+    pause() {
+      this.paused = true;
+      if (this.ctx) this.ctx.suspend();
+    }
+
+    resume() {
+      this.paused = false;
+      if (this.ctx) this.ctx.resume();
     }
 
     get playing() { return this.sources.size > 0; }
@@ -77,6 +91,7 @@ window.VoicebusAudio = (() => {
       }
       this.sources.clear();
       this.nextTime = 0;
+      if (this.paused) this.resume(); // the next turn's audio must play
     }
   }
 
