@@ -23,9 +23,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from llm_service.local_model import LocalModel
-from llm_service.prompting import Message, TokenCounter, answer_language, estimate_tokens, system_prompt, trim_history
+from llm_service.prompting import Message, TokenCounter, estimate_tokens, system_prompt, trim_history
 from llm_service.providers import Completion, Provider, ProviderError, Sampling
+from llm_service.run_on import RunOnGuard
 from llm_service.settings import LlmSettings
+from voicebus.language import answer_language
 from voicebus.logs import request_id_var
 from voicebus.metrics import FALLBACKS, LLM_FIRST_TOKEN_SECONDS, LLM_GENERATIONS
 from voicebus.telemetry import tracer
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
 _ROLES = {common_pb2.ROLE_SYSTEM: "system", common_pb2.ROLE_USER: "user", common_pb2.ROLE_ASSISTANT: "assistant"}
-_FINISH = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH}
+_FINISH = {"stop": llm_pb2.FINISH_REASON_STOP, "length": llm_pb2.FINISH_REASON_LENGTH,
+           "sentences": llm_pb2.FINISH_REASON_LENGTH, "repeated": llm_pb2.FINISH_REASON_REPETITION}
 
 
 class BadRequest(Exception):
@@ -240,12 +243,19 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
         span.set_attributes({"llm.provider": provider.name, "llm.model": model,
                              "llm.first_token_seconds": first_token_at, "llm.fallbacks": len(plan.fallbacks)})
         deltas, item, outcome = 0, first, "failed"
+        guard = RunOnGuard(self.settings.llm_max_sentences)
         try:
             try:
                 while not isinstance(item, Completion):
-                    deltas += 1
-                    yield llm_pb2.GenerateResponse(request_id=request_id, delta=llm_pb2.TextDelta(text=item))
+                    if text := guard.push(item):
+                        deltas += 1
+                        yield llm_pb2.GenerateResponse(request_id=request_id, delta=llm_pb2.TextDelta(text=text))
+                    if guard.stopped:
+                        break
                     item = await anext(stream)
+                if text := guard.finish():
+                    deltas += 1
+                    yield llm_pb2.GenerateResponse(request_id=request_id, delta=llm_pb2.TextDelta(text=text))
             except ProviderError as exc:
                 # Text already went out: switching provider now would splice two answers.
                 log.warning("provider failed mid-answer", extra={"fields": {
@@ -253,6 +263,9 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"{provider.name} failed after the answer had "
                                     f"started ({deltas} pieces sent; the answer is incomplete): {exc}")
             outcome = "completed"
+            if guard.stopped:  # the provider is stopped by closing its stream (finally)
+                item = Completion(finish_reason=guard.stopped)  # usage unknown: the provider did not finish
+                span.add_event("run_on_stopped", {"reason": guard.stopped, "sentences": guard.sentences})
             done = llm_pb2.GenerationDone(
                 finish_reason=_FINISH[item.finish_reason], provider=provider.name, model=model,
                 fallbacks=plan.fallbacks, time_to_first_token_seconds=first_token_at,

@@ -19,6 +19,9 @@ class LlmSettings(CommonSettings):
         5.0, description="A provider with no first token after this long is skipped for the next one "
         "(not applied to the last provider of a request, which has nothing to fall back to).")
     llm_max_tokens: int = Field(256, description="Longest answer in tokens when the request leaves max_tokens at 0.")
+    llm_max_sentences: int = Field(
+        5, ge=0, description="A spoken answer stops after this many sentences (0 = no limit); a repeated sentence "
+        "or a looping phrase always stops it.")
     llm_temperature: float = Field(0.6, description="Sampling temperature when the request sets none.")
     llm_history_token_budget: int = Field(
         1500, description="Prompt tokens (system prompt, history, newest user turn) kept when the request "

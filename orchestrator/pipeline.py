@@ -18,6 +18,7 @@ import grpc
 from orchestrator.clients import ReplayableStream, StageError, llm_generate, tts_stream
 from orchestrator.phrases import APOLOGY, PLEASE_REPEAT, phrase
 from orchestrator.turn import TurnHandle
+from voicebus.language import answer_language, voice_language
 from voicebus.text import SentenceSplitter
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2, llm_pb2, tts_pb2
 
@@ -41,7 +42,7 @@ class Speaker:
         options, turn = self.handle.options, self.handle.turn
         fmt = options.output_format
         return tts_pb2.SynthesisConfig(engine=options.tts_engine, voice=options.voice,
-                                       language_code=turn.language_code.split("-")[0] or "en",
+                                       language_code=voice_language(turn.language_code),
                                        encoding=fmt.encoding or audio_pb2.AUDIO_ENCODING_PCM16,
                                        sample_rate_hz=fmt.sample_rate_hz)
 
@@ -142,7 +143,9 @@ async def run_turn(handle: TurnHandle) -> None:
     user = await handle.words()
     turn = handle.turn
     turn.user_text = user.text
-    turn.language_code = user.language or handle.options.language_code or "en"
+    # The words decide (a typed "भारत की राजधानी क्या है?" is Hindi, "aap kaise ho" romanised Hindi):
+    # the stored turn, the LLM's language rule and the voice all follow it.
+    turn.language_code = answer_language(user.language or handle.options.language_code, user.text) or "en"
     turn.timings.stt_seconds = user.stt_seconds
     turn.providers.stt_model = user.stt_model
     await recorder.words_known(handle, handle.seed)

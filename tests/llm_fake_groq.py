@@ -21,9 +21,11 @@ ERRORS = {
 
 
 class FakeGroq:
+    ANSWER = "Paris is the capital of France. It is known for the Eiffel Tower."
+
     def __init__(self) -> None:
         self.mode = "ok"  # ok | 401 | 429 | 500 | stall | drop
-        self.answer = "Paris is the capital of France. It is known for the Eiffel Tower."
+        self.answer = self.ANSWER
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()  # ends stalls (set at teardown)
         fake = self

@@ -11,6 +11,7 @@ import json
 import re
 import wave
 
+import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway_stack import (AUTH, CORS_ORIGIN, QUESTION, TOKEN, UPLOAD_LIMIT_MB, pcm16_at, shared_stack,
                            speech_wav, start_gateway, wav_pcm)
 from helpers import free_port, word_error_rate, words
+from voicebus.v1 import tts_pb2, tts_pb2_grpc
 
 TURN_END = ("turn_completed", "turn_failed", "turn_interrupted")
 
@@ -116,6 +118,28 @@ def test_chat_with_base64_audio_and_with_seeded_history(client, question_wav):
     stored = client.get(f"/api/conversations/{seeded.json()['conversation_id']}", headers=AUTH).json()
     assert [(t["user_text"], t["assistant_text"]) for t in stored["turns"][:1]] == [("My name is Ada.", "Hello Ada!")]
     assert stored["turns"][-1]["user_text"] == "What is my name?"
+
+
+@pytest.mark.parametrize("text, language, voice_language", [
+    ("भारत की राजधानी क्या है?", "hi", "hi"),
+    # romanised Hindi: replied in kind, and spoken by the English voice (espeak's Hindi voice
+    # reads Latin letters with its English rules too)
+    ("Aap kaise ho? Mujhe batao aaj mausam kaisa hai.", "hi-Latn", "en"),
+    ("What is the capital of France?", "en", "en"),
+])
+def test_a_typed_turns_language_comes_from_its_words(client, stack, text, language, voice_language):
+    reply = client.post("/api/chat", headers=AUTH, json={"text": text})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    with grpc.insecure_channel(stack.env["VOICEBUS_TTS_ADDR"]) as channel:
+        listed = tts_pb2_grpc.TextToSpeechStub(channel).ListVoices(
+            tts_pb2.ListVoicesRequest(language_code=voice_language), metadata=[("authorization", f"Bearer {TOKEN}")],
+            timeout=10)
+    names = {(v.engine, v.name) for v in listed.voices}
+    stored = client.get(f"/api/conversations/{body['conversation_id']}", headers=AUTH).json()["turns"][-1]
+    assert stored["language"] == language, stored
+    assert (stored["providers"]["tts_engine"], stored["providers"]["tts_voice"]) in names, (stored, names)
+    assert assert_wav(base64.b64decode(body["audio_output"])) > 0.3
 
 
 def test_delete_conversation_then_404(client):

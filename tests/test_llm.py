@@ -19,12 +19,15 @@ import pytest
 from helpers import ServiceProcess, free_port
 from llm_fake_groq import FakeGroq
 
-from llm_service.prompting import Message, answer_language, estimate_tokens, trim_history
+from llm_service.prompting import Message, estimate_tokens, trim_history
+from llm_service.run_on import RunOnGuard
+from voicebus.language import answer_language
 from voicebus.v1 import common_pb2, llm_pb2, llm_pb2_grpc
 
 USER, ASSISTANT, SYSTEM = common_pb2.ROLE_USER, common_pb2.ROLE_ASSISTANT, common_pb2.ROLE_SYSTEM
 FRANCE = "What is the capital of France?"
 MAX_CHARS = 2000
+SENTENCES = 4  # the spoken answer's sentence limit
 
 
 def msg(role: int, content: str) -> common_pb2.ChatMessage:
@@ -47,7 +50,8 @@ def service_env(nats_url: str, data_dir: Path, grpc_port: int, **extra: str) -> 
         "VOICEBUS_LLM_ADDR": f"127.0.0.1:{grpc_port}", "VOICEBUS_NATS_URL": nats_url,
         "VOICEBUS_DATA_DIR": str(data_dir), "VOICEBUS_LLM_LOCAL_MODEL": "smollm2-135m",
         "VOICEBUS_LLM_PROVIDERS": "groq,local", "VOICEBUS_LLM_FIRST_TOKEN_TIMEOUT_SECONDS": "2",
-        "VOICEBUS_LLM_MAX_MESSAGE_CHARS": str(MAX_CHARS), "VOICEBUS_METRICS_PORT_OFFSET": "0",
+        "VOICEBUS_LLM_MAX_MESSAGE_CHARS": str(MAX_CHARS),
+        "VOICEBUS_LLM_MAX_SENTENCES": str(SENTENCES), "VOICEBUS_METRICS_PORT_OFFSET": "0",
         "GROQ_API_KEY": "", **extra}
 
 
@@ -83,6 +87,7 @@ async def stub(llm):
 @pytest.fixture(autouse=True)
 def groq_answers(fake_groq):
     fake_groq.mode = "ok"
+    fake_groq.answer = FakeGroq.ANSWER
     fake_groq.requests.clear()
 
 
@@ -190,6 +195,45 @@ async def test_max_tokens_ends_with_finish_reason_length(stub):
     deltas, done = await generate(stub, ask("Count from one to one hundred in words.", provider="local",
                                            max_tokens=5))
     assert done.finish_reason == llm_pb2.FINISH_REASON_LENGTH and done.usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("answer, sent", [
+    # one sentence said again and again (the history of Rome with the 0.5B model)
+    ("Rome was founded in 753 BC. Rome was founded in 753 BC. Rome was founded in 753 BC.",
+     "Rome was founded in 753 BC."),
+    # the question echoed (romanised Hindi with the 0.5B model)
+    ("Bharat ki rajdhani kya hai? Bharat ki rajdhani New Delhi hai. Bharat ki rajdhani kya hai? Bharat ki",
+     "Bharat ki rajdhani kya hai? Bharat ki rajdhani New Delhi hai."),
+    # a phrase looping inside one sentence
+    ("It is a very good and a very good and a very good and a very good idea.",
+     "It is a very good and a very good and a very good and"),
+])
+async def test_an_answer_that_repeats_itself_is_stopped_before_the_repetition(stub, fake_groq, answer, sent):
+    fake_groq.answer = answer
+    deltas, done = await generate(stub, ask("Tell me about the history of Rome."))
+    assert "".join(deltas).strip() == sent
+    assert done.finish_reason == llm_pb2.FINISH_REASON_REPETITION and done.provider == "groq"
+
+
+async def test_a_spoken_answer_ends_after_the_sentence_limit(stub, fake_groq):
+    numbers = "one two three four five six seven eight".split()
+    fake_groq.answer = " ".join(f"This is sentence number {n}." for n in numbers)
+    deltas, done = await generate(stub, ask("Tell me a long story."))
+    assert "".join(deltas).strip() == " ".join(f"This is sentence number {n}." for n in numbers[:SENTENCES])
+    assert done.finish_reason == llm_pb2.FINISH_REASON_LENGTH
+
+
+def test_the_run_on_guard_lets_sentences_that_only_start_alike_through():
+    answer = "I like the sea. I like the mountains too. I like the sea, and the sun."
+    guard, sent = RunOnGuard(max_sentences=5), ""
+    for index, word in enumerate(answer.split(" ")):
+        sent += guard.push(word if index == 0 else " " + word)
+        assert answer.startswith(sent)
+        # held back only while the sentence being written reads like an earlier one: a new
+        # word that departs from it releases the whole sentence so far
+        if word in ("mountains", "and"):
+            assert sent.endswith(word), sent
+    assert sent + guard.finish() == answer and guard.stopped is None and guard.sentences == 3
 
 
 def metric(llm, name: str, **labels: str) -> float:

@@ -29,14 +29,24 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     FINISH_REASON_UNSPECIFIED: _FinishReason.ValueType  # 0
     FINISH_REASON_STOP: _FinishReason.ValueType  # 1
     FINISH_REASON_LENGTH: _FinishReason.ValueType  # 2
+    """max_tokens, or the server's sentence limit for spoken answers."""
     FINISH_REASON_CANCELLED: _FinishReason.ValueType  # 3
+    FINISH_REASON_REPETITION: _FinishReason.ValueType  # 4
+    """The answer began to say again what it had said (a repeated sentence, a looping phrase):
+    the generation was stopped and the repetition not sent.
+    """
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper): ...
 
 FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
 FINISH_REASON_STOP: FinishReason.ValueType  # 1
 FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
+"""max_tokens, or the server's sentence limit for spoken answers."""
 FINISH_REASON_CANCELLED: FinishReason.ValueType  # 3
+FINISH_REASON_REPETITION: FinishReason.ValueType  # 4
+"""The answer began to say again what it had said (a repeated sentence, a looping phrase):
+the generation was stopped and the repetition not sent.
+"""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
