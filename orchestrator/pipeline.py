@@ -16,6 +16,7 @@ from collections.abc import Callable
 import grpc
 
 from orchestrator.clients import ReplayableStream, StageError, llm_generate, tts_stream
+from orchestrator.intelligible import unintelligible
 from orchestrator.phrases import APOLOGY, PLEASE_REPEAT, phrase
 from orchestrator.turn import TurnHandle
 from voicebus.language import answer_language, voice_language
@@ -150,8 +151,9 @@ async def run_turn(handle: TurnHandle) -> None:
     turn.providers.stt_model = user.stt_model
     await recorder.words_known(handle, handle.seed)
 
-    if user.source == "audio" and (user.no_speech or not user.text.strip()
-                                   or user.confidence < settings.min_transcript_confidence):
+    if user.source == "audio" and (user.no_speech or not user.text.strip() or unintelligible(
+            user.text, turn.language_code, user.confidence, user.no_speech_probability,
+            settings.min_transcript_confidence)):
         turn.outcome = assistant_pb2.TURN_OUTCOME_NO_SPEECH
         await speak_phrase(handle, phrase(PLEASE_REPEAT, turn.language_code))
         return

@@ -90,7 +90,8 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                     language_code=options.language_code)), settings.stt_timeout_seconds)
             t = reply.transcript
             user = UserInput(text=t.text, source="audio", language=t.language_code, confidence=t.confidence,
-                             no_speech=t.no_speech, stt_seconds=reply.processing_seconds, stt_model=reply.model,
+                             no_speech=t.no_speech, no_speech_probability=t.no_speech_probability,
+                             stt_seconds=reply.processing_seconds, stt_model=reply.model,
                              spoken_at=received_at)
         else:
             user = UserInput(text=request.text.strip(), source="text", language=options.language_code,

@@ -15,7 +15,8 @@ class OrchestratorSettings(CommonSettings):
 
     db_path: Path | None = Field(None, description="SQLite file for conversations; unset = `<data_dir>/voicebus.db`.")
     min_transcript_confidence: float = Field(
-        0.25, description="Finals below this confidence get a spoken 'please say that again', no LLM call.")
+        0.30, description="Finals below this confidence get a spoken 'please say that again', no LLM call "
+        "(English sentences of three words or more need 0.40: orchestrator/intelligible.py).")
     max_text_chars: int = Field(2000, description="Longest typed user turn accepted.")
     max_audio_mb: float = Field(25.0, description="Largest audio accepted per turn.")
     max_history_message_chars: int = Field(

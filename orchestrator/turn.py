@@ -48,6 +48,7 @@ class UserInput:
     language: str = ""
     confidence: float = 1.0
     no_speech: bool = False
+    no_speech_probability: float = 0.0
     stt_seconds: float = 0.0
     stt_model: str = ""
     # When the user stopped speaking (or the text arrived): the clock for first-audio latency.

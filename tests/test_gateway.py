@@ -13,6 +13,7 @@ import wave
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
@@ -140,6 +141,32 @@ def test_a_typed_turns_language_comes_from_its_words(client, stack, text, langua
     assert stored["language"] == language, stored
     assert (stored["providers"]["tts_engine"], stored["providers"]["tts_voice"]) in names, (stored, names)
     assert assert_wav(base64.b64decode(body["audio_output"])) > 0.3
+
+
+UNSEEN_QUESTIONS = ["Where can I buy fresh bread nearby?", "How long does it take to boil an egg?",
+                    "What is the biggest animal in the ocean?"]
+
+
+@pytest.mark.parametrize("question", UNSEEN_QUESTIONS)
+def test_reversed_speech_is_asked_to_repeat_and_the_same_speech_forwards_is_answered(client, tmp_path, question):
+    # Whisper writes something for any sound ("Thank you very much for watching."): the turn
+    # must not answer it (orchestrator/intelligible.py; these sentences were not in its measurement).
+    with wave.open(str(speech_wav(question, tmp_path / "forwards.wav", 0.3, 0.5))) as w:
+        params, pcm = w.getparams(), w.readframes(w.getnframes())
+    reversed_wav = io.BytesIO()
+    with wave.open(reversed_wav, "wb") as w:
+        w.setparams(params)
+        w.writeframes(np.frombuffer(pcm, np.int16)[::-1].tobytes())
+    for audio, outcome in ((reversed_wav.getvalue(), "no_speech"), ((tmp_path / "forwards.wav").read_bytes(),
+                                                                   "completed")):
+        reply = client.post("/api/process_audio", headers=AUTH, files={"file": ("q.wav", audio, "audio/wav")})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["outcome"] == outcome, body
+        if outcome == "no_speech":
+            assert body["response"] == "Sorry, I didn't catch that. Please say that again.", body
+        else:
+            assert word_error_rate(question, body["transcript"]) <= 0.5, body  # heard, if not perfectly
 
 
 def test_delete_conversation_then_404(client):
