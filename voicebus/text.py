@@ -16,11 +16,15 @@ _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.
 
 
 def _is_abbreviation(text: str, end: int) -> bool:
+    """A full stop that ends no sentence: "Dr.", an initial ("J. K."), a list's "1." marker.
+    A number ending a sentence ("built in 1492.") and the pronoun or numeral "I" end one."""
     word = re.findall(r"[\w.]+$", text[:end].rstrip(".!?"))
     if not word:
         return False
     w = word[-1].lower()
-    return w in _ABBREVIATIONS or (len(w) == 1 and w.isalpha()) or w.replace(".", "").isdigit() and text[end - 1] == "."
+    if w.replace(".", "").isdigit():
+        return not text[:end - 1].strip().replace(w, "", 1).strip()  # only the number so far: "1."
+    return w in _ABBREVIATIONS or (len(w) == 1 and w.isalpha() and w != "i")
 
 
 class SentenceSplitter:
