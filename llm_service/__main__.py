@@ -49,10 +49,13 @@ def build_providers(settings: LlmSettings) -> list[Provider]:
                                    context_tokens=settings.llm_context_tokens,
                                    reuse_prefix=settings.llm_reuse_prompt_prefix,
                                    prompt_cache_mib=settings.llm_prompt_cache_mib,
-                                   parallel=settings.llm_parallel)
+                                   parallel=settings.llm_parallel,
+                                   draft=resolve_model(settings.llm_draft_model, settings.data_dir)[1]
+                                   if settings.llm_draft_model else None)
             except ModelNotInstalled as exc:
                 raise SystemExit(f"llm: {exc} (or leave `local` out of VOICEBUS_LLM_PROVIDERS)") from None
-            local.warm_up(system_prompt("en"))  # the start shared by every language's default prompt
+            # the start shared by every language's default prompt
+            local.warm_up(system_prompt("en", settings.llm_system_prompt))
             providers.append(local)
     for provider in providers:
         if provider.unavailable_reason:

@@ -86,7 +86,7 @@ class LocalModel(OpenAICompatibleProvider):
     name = "local"
 
     def __init__(self, name: str, path: Path, *, threads: int, context_tokens: int, reuse_prefix: bool = True,
-                 prompt_cache_mib: int = 256, parallel: int = 1) -> None:
+                 prompt_cache_mib: int = 256, parallel: int = 1, draft: Path | None = None) -> None:
         import xllamacpp
 
         params = xllamacpp.CommonParams()
@@ -108,6 +108,14 @@ class LocalModel(OpenAICompatibleProvider):
         # prompts of other conversations are parked in RAM (cache_ram) and restored when they return.
         params.cache_prompt = reuse_prefix
         params.cache_ram_mib = prompt_cache_mib if reuse_prefix else 0
+        if draft is not None:
+            # Speculative decoding: the small draft model guesses a few tokens ahead and this
+            # model checks them in one batch; the answer is this model's, only sooner if the
+            # draft guesses well (it must share the tokenizer: the Qwen2.5 family does).
+            params.speculative.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+            params.speculative.draft.mparams.path = str(draft)
+            params.speculative.draft.cpuparams.n_threads = params.speculative.draft.cpuparams_batch.n_threads = \
+                max(1, threads)
         params.verbosity = 2  # llama.cpp writes its own lines to stderr: 2 = warnings and errors only
         key = secrets.token_urlsafe(24)
         params.api_keys = [key]
@@ -123,7 +131,8 @@ class LocalModel(OpenAICompatibleProvider):
                                             timeout=30.0)
         self._token_counts: OrderedDict[str, int] = OrderedDict()
         log.info("local model loaded", extra={"fields": {
-            "model": name, "path": str(path), "seconds": round(time.monotonic() - started, 2)}})
+            "model": name, "path": str(path), "draft": str(draft or ""),
+            "seconds": round(time.monotonic() - started, 2)}})
 
     def warm_up(self, system_prompt: str) -> None:
         """Answer one tiny request at start: the first request pays llama.cpp's one-time setup

@@ -29,12 +29,12 @@ _LANGUAGE_NAMES = {
     "tr": "Turkish", "pl": "Polish", "uk": "Ukrainian", "id": "Indonesian", "vi": "Vietnamese",
 }
 
-def system_prompt(language: str) -> str:
+def system_prompt(language: str, style: str = SPOKEN_STYLE) -> str:
     rule = _LANGUAGE_RULES.get(language)
     if rule is None:
         name = _LANGUAGE_NAMES.get(language)
         rule = f"Reply in {name}." if name else f"Reply in the language with code '{language}'."
-    return f"{SPOKEN_STYLE} {rule}"
+    return f"{style} {rule}"
 
 
 @dataclass(frozen=True)

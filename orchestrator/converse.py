@@ -372,7 +372,8 @@ class ConverseSession:
             handle.heard(UserInput(
                 text=transcript.text, source="audio", language=transcript.language_code,
                 confidence=transcript.confidence, no_speech=transcript.no_speech,
-                no_speech_probability=transcript.no_speech_probability, stt_seconds=result.latency_seconds, stt_model=model, spoken_at=spoken_at))
+                no_speech_probability=transcript.no_speech_probability, stt_seconds=result.latency_seconds,
+                stt_model=model, spoken_at=spoken_at))
 
     async def _shutdown(self) -> None:
         self.deps.conversations.unwatch(self.conversation_id, self._on_deleted)

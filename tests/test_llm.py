@@ -223,6 +223,24 @@ async def test_a_spoken_answer_ends_after_the_sentence_limit(stub, fake_groq):
     assert done.finish_reason == llm_pb2.FINISH_REASON_LENGTH
 
 
+@pytest.mark.parametrize("text, answer_start", [
+    ("Set a timer for ten minutes.", "Sorry, I can't set timers, alarms or reminders: I can only talk with you."),
+    ("Could you please call my sister?", "Sorry, I can't make calls"),
+    ("मम्मी को फ़ोन करो", "माफ़ कीजिए, मैं फ़ोन नहीं कर सकता"),
+    ("mujhe gaana bajao", "Maaf kijiye, main gaana chalu nahi kar sakta"),
+])
+async def test_a_request_for_an_action_gets_an_honest_answer_without_the_model(stub, fake_groq, text, answer_start):
+    deltas, done = await generate(stub, ask(text))
+    assert "".join(deltas).startswith(answer_start)
+    assert (done.provider, done.model, done.finish_reason) == ("voicebus", "capabilities", llm_pb2.FINISH_REASON_STOP)
+    assert not fake_groq.requests, "no model was asked"
+
+
+async def test_a_question_about_an_action_goes_to_the_model(stub, fake_groq):
+    deltas, done = await generate(stub, ask("How do I set a timer on my phone?"))
+    assert done.provider == "groq" and "".join(deltas) == fake_groq.answer
+
+
 def test_the_run_on_guard_lets_sentences_that_only_start_alike_through():
     answer = "I like the sea. I like the mountains too. I like the sea, and the sun."
     guard, sent = RunOnGuard(max_sentences=5), ""
