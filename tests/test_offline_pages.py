@@ -1,6 +1,7 @@
-"""Everything the gateway's pages load comes from the gateway: /docs, /redoc, the page and
-the trace view over a real port, each asset they reference fetched, and no served HTML, JS or
-CSS that would load anything from another machine (the docs are blank offline otherwise)."""
+"""A gateway alone (no orchestrator) on a real port. Everything its pages load comes from it:
+/docs, /redoc, the page and the trace view, each asset they reference fetched, and no served
+HTML, JS or CSS that would load anything from another machine (the docs are blank offline
+otherwise). And its 413 says the upload limit in the setting's own unit."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from helpers import free_port
 
 TOKEN = "offline-pages-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+UPLOAD_MB = 25
 
 # What makes a browser load something from a URL in HTML attributes, CSS and JavaScript (a JS
 # bundle's other strings, such as licence links, `new URL("https://"+host)` or an <a> link's
@@ -67,7 +69,7 @@ def external_loads(text: str, content_type: str) -> list[str]:
 def gateway(nats_server, tmp_path_factory):
     env = {"VOICEBUS_AUTH_TOKEN": TOKEN, "VOICEBUS_TRACE_VIEW": "true", "VOICEBUS_NATS_URL": nats_server.url,
            "VOICEBUS_DATA_DIR": str(tmp_path_factory.mktemp("offline")),
-           "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}"}
+           "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}", "VOICEBUS_MAX_UPLOAD_MB": str(UPLOAD_MB)}
     proc, base = start_gateway(env, name="gateway-offline-pages")
     yield base
     proc.stop()
@@ -135,3 +137,17 @@ def test_the_external_load_check_can_fail():
     assert not external_loads('<a href="https://example.org/licence">licence</a>', "text/html")
     assert not external_loads('<link href="data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27">',
                               "text/html")
+
+
+def test_the_413_says_the_limit_in_the_unit_of_its_setting(gateway):
+    """VOICEBUS_MAX_UPLOAD_MB=25 is 25.0 MB in the message (not 26.2: MB there are 1024 × 1024 bytes)."""
+    with httpx.Client(base_url=gateway, timeout=60, headers=AUTH) as client:
+        upload = b"RIFF" + b"\0" * (UPLOAD_MB * 1024 * 1024 + 200_000)
+        reply = client.post("/api/process_audio", content=upload, headers={"Content-Type": "audio/wav"})
+        assert reply.status_code == 413, reply.text
+        message = reply.json()["error"]["message"]
+        assert "the limit is 25.0 MB (VOICEBUS_MAX_UPLOAD_MB)" in message and "the audio is 25.2 MB" in message, message
+        body = b"RIFF" + b"\0" * (UPLOAD_MB * 1024 * 1024 * 4 // 3 + 100_000)
+        reply = client.post("/api/process_audio", content=body, headers={"Content-Type": "audio/wav"})
+        assert reply.status_code == 413, reply.text
+        assert "33.4 MB" in reply.json()["error"]["message"] and "VOICEBUS_MAX_UPLOAD_MB" in reply.text, reply.text

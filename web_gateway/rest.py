@@ -117,7 +117,8 @@ def _check_audio(data: bytes, limit: int, audio_format: audio_pb2.AudioFormat) -
         raise ApiError(400, "no_audio", "no audio: send a multipart field `file` (or `audio`), "
                                         "or the recording itself as the request body")
     if len(data) > limit:
-        raise ApiError(413, "too_large", f"the audio is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB")
+        raise ApiError(413, "too_large", f"the audio is {limits.megabytes(len(data))}; the limit is "
+                                         f"{limits.megabytes(limit)} (VOICEBUS_MAX_UPLOAD_MB)")
     if audio_format.encoding == audio_pb2.AUDIO_ENCODING_UNSPECIFIED and not looks_like_audio(data):
         raise ApiError(415, "unsupported_media_type", f"the upload is not audio in a format we accept ({AUDIO_FORMATS})")
 
