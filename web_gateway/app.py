@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voicebus.grpc_client import open_channel
 from voicebus.v1 import assistant_pb2_grpc
 from web_gateway import rest
+from web_gateway.docs import install_docs
 from web_gateway.errors import install_error_handlers
 from web_gateway.health import readiness
 from web_gateway.limits import BodyLimitMiddleware
@@ -53,11 +54,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     # FastAPI's own OpenTelemetry spans are off: RequestContextMiddleware makes the request span
     # (one per request, named by route, none for probes) and WsTurnSpans one per WebSocket turn.
-    app = FastAPI(title="Voicebus gateway", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Voicebus gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Talk to the Voicebus assistant over HTTP and WebSocket. "
                               "Send `Authorization: Bearer <token>` when the gateway has VOICEBUS_AUTH_TOKEN.")
     app.state.settings = settings
+    install_docs(app)  # from files on this machine
     app.state.metrics = metrics = GatewayMetrics()
     install_error_handlers(app)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tts_service.encoding import RATES as TTS_RATES
 from voicebus.names import label
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2
 
@@ -63,6 +64,46 @@ def output_format(name: str | None, sample_rate: int | None) -> audio_pb2.AudioF
     if key not in FORMAT_NAMES or key in ("", "auto"):
         raise ApiError(422, "invalid_format", f"unknown output format {name!r}; use pcm16, wav, mp3, ogg or flac")
     return audio_pb2.AudioFormat(encoding=FORMAT_NAMES[key], sample_rate_hz=int(sample_rate or 0), channels=1)
+
+
+# What REST answers can be: one whole file (or raw samples) per answer, made by TTS's encoders.
+ANSWER_FORMATS = ("mp3", "wav", "ogg", "pcm16")
+# Accept header types that pick an answer format when the request names none.
+ACCEPTED_AUDIO = {"audio/mpeg": "mp3", "audio/mp3": "mp3", "audio/wav": "wav", "audio/wave": "wav",
+                  "audio/x-wav": "wav", "audio/ogg": "ogg", "audio/l16": "pcm16"}
+
+
+def accepted_format(accept: str | None) -> str | None:
+    """The first answer format that an Accept header names (q=0 excluded), or None."""
+    for part in str(accept or "").split(","):
+        media, *params = (p.strip().lower() for p in part.split(";"))
+        if any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+            continue
+        if media in ACCEPTED_AUDIO:
+            return ACCEPTED_AUDIO[media]
+    return None
+
+
+def answer_format(name: str | None, sample_rate: int | None, accept: str | None = None) -> audio_pb2.AudioFormat:
+    """A REST answer's audio format: `name` (mp3, wav, ogg, pcm16), else what `accept` asks for,
+    else WAV; at `sample_rate`, or the voice's own rate when it is None or 0."""
+    key = str(name or "").strip().lower() or accepted_format(accept) or "wav"
+    if key not in ANSWER_FORMATS:
+        raise ApiError(422, "invalid_format", f"unknown output_format {str(name)[:40]!r}; use one of "
+                       + ", ".join(ANSWER_FORMATS))
+    encoding = FORMAT_NAMES[key]
+    rates = TTS_RATES[encoding]
+    if sample_rate and sample_rate not in rates:
+        raise ApiError(422, "invalid_format", f"output_sample_rate {sample_rate} is not one {key} is made at; "
+                       "leave it out for the voice's own rate, or use one of " + ", ".join(map(str, sorted(rates))))
+    return audio_pb2.AudioFormat(encoding=encoding, sample_rate_hz=int(sample_rate or 0), channels=1)
+
+
+def audio_mime(fmt: audio_pb2.AudioFormat) -> str:
+    """The MIME type of audio in `fmt`; raw samples say their rate (audio/L16;rate=24000)."""
+    if fmt.encoding == audio_pb2.AUDIO_ENCODING_PCM16:
+        return f"audio/L16;rate={fmt.sample_rate_hz}"
+    return MIME_TYPES.get(fmt.encoding, "application/octet-stream")
 
 
 def playback_mode(name: Any) -> bool:

@@ -127,6 +127,11 @@ def name(value: Any, field: str) -> str:
     return value
 
 
+def megabytes(n: int) -> str:
+    """Bytes in the unit of VOICEBUS_MAX_UPLOAD_MB (1 MB = 1024 × 1024 bytes): 25 MB is "25.0 MB"."""
+    return f"{n / (1024 * 1024):.1f} MB"
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -137,8 +142,8 @@ class BodyLimitMiddleware:
 
     def _payload(self) -> bytes:
         return json.dumps({"error": {"code": "too_large", "message": (
-            f"the request body is larger than the gateway accepts ({self.limit / 1e6:.1f} MB; "
-            "set VOICEBUS_MAX_UPLOAD_MB)")}}).encode()
+            f"the request body is larger than the gateway accepts ({megabytes(self.limit)}: an upload of "
+            "VOICEBUS_MAX_UPLOAD_MB as base64 JSON)")}}).encode()
 
     async def _reject(self, send: Send) -> None:
         body = self._payload()

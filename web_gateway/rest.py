@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from voicebus.v1 import assistant_pb2, audio_pb2
-from web_gateway.convert import (MIME_TYPES, conversation_json, degraded_json, history_messages, input_format,
-                                 looks_like_audio, outcome_name, providers_json, timings_json)
+from web_gateway.convert import (ANSWER_FORMATS, answer_format, audio_mime, conversation_json, degraded_json,
+                                 history_messages, input_format, looks_like_audio, outcome_name, providers_json,
+                                 timings_json)
 from web_gateway import limits
 from web_gateway.errors import ApiError
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")
 
 AUDIO_FORMATS = "WAV, WebM/Opus, Ogg/Opus, MP3, FLAC, M4A, or PCM16 with ?format=pcm16&sample_rate=N"
+OUTPUT_FORMAT_DOC = ("The answer's audio: " + " | ".join(ANSWER_FORMATS) + " (mp3 = audio/mpeg, ogg = Ogg/Opus, "
+                     "pcm16 = raw 16-bit little-endian mono samples); wav when not given.")
+OUTPUT_RATE_DOC = "Sample rate of the answer's audio (ogg: 24000 or 48000); empty = the voice's own rate."
 
 
 class ChatMessageIn(BaseModel):
@@ -43,6 +47,8 @@ class ChatRequest(BaseModel):
     audio_format: str | None = Field(None, description="`pcm16` for raw samples (then `sample_rate`); else detected.")
     sample_rate: int | None = Field(None, ge=8000, le=48000)
     synthesize_audio: bool = Field(True, description="False = text answer only.")
+    output_format: str | None = Field(None, description=OUTPUT_FORMAT_DOC)
+    output_sample_rate: int | None = Field(None, description=OUTPUT_RATE_DOC)
 
 
 class TurnResponse(BaseModel):
@@ -50,8 +56,9 @@ class TurnResponse(BaseModel):
     turn_id: str
     transcript: str = Field(description="What the user said (or typed).")
     response: str = Field(description="The assistant's answer.")
-    audio_output: str | None = Field(description="The answer's speech, base64 (WAV), or null without audio.")
-    audio_mime: str | None
+    audio_output: str | None = Field(description="The answer's speech, base64 (WAV unless output_format says "
+                                                  "otherwise), or null without audio.")
+    audio_mime: str | None = Field(description="audio/wav, audio/mpeg, audio/ogg or audio/L16;rate=N.")
     language: str
     outcome: str = Field(description="completed, failed, interrupted or no_speech.")
     timings: dict[str, float]
@@ -69,10 +76,9 @@ def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
     return (("x-request-id", request.scope["state"]["request_id"]),)
 
 
-def _options(language: str | None, synthesize: bool) -> assistant_pb2.TurnOptions:
-    return assistant_pb2.TurnOptions(
-        language_code=limits.language(language), synthesize_audio=synthesize,
-        output_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV))
+def _options(language: str | None, synthesize: bool, output: audio_pb2.AudioFormat) -> assistant_pb2.TurnOptions:
+    return assistant_pb2.TurnOptions(language_code=limits.language(language), synthesize_audio=synthesize,
+                                     output_format=output)
 
 
 async def _run_turn(request: Request, route: str, turn_request: assistant_pb2.ProcessTurnRequest) -> dict[str, Any]:
@@ -99,7 +105,7 @@ async def _run_turn(request: Request, route: str, turn_request: assistant_pb2.Pr
         "conversation_id": turn.conversation_id, "turn_id": turn.turn_id,
         "transcript": turn.user_text, "response": turn.assistant_text,
         "audio_output": base64.b64encode(reply.audio).decode("ascii") if reply.audio else None,
-        "audio_mime": MIME_TYPES.get(reply.audio_format.encoding, "audio/wav") if reply.audio else None,
+        "audio_mime": audio_mime(reply.audio_format) if reply.audio else None,
         "language": turn.language_code, "outcome": outcome, "timings": timings,
         "providers": providers_json(turn.providers), "degraded": [degraded_json(d) for d in reply.degraded],
         "trace_id": trace_id,
@@ -111,7 +117,8 @@ def _check_audio(data: bytes, limit: int, audio_format: audio_pb2.AudioFormat) -
         raise ApiError(400, "no_audio", "no audio: send a multipart field `file` (or `audio`), "
                                         "or the recording itself as the request body")
     if len(data) > limit:
-        raise ApiError(413, "too_large", f"the audio is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB")
+        raise ApiError(413, "too_large", f"the audio is {limits.megabytes(len(data))}; the limit is "
+                                         f"{limits.megabytes(limit)} (VOICEBUS_MAX_UPLOAD_MB)")
     if audio_format.encoding == audio_pb2.AUDIO_ENCODING_UNSPECIFIED and not looks_like_audio(data):
         raise ApiError(415, "unsupported_media_type", f"the upload is not audio in a format we accept ({AUDIO_FORMATS})")
 
@@ -126,7 +133,7 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
 
 
 @router.post("/process_audio", response_model=TurnResponse, openapi_extra=UPLOAD_BODY,
-             summary="One spoken turn: an audio upload in, transcript + answer text + WAV speech out")
+             summary="One spoken turn: an audio upload in, transcript + answer text + speech (WAV, MP3, Ogg, PCM16)")
 async def process_audio(
     request: Request,
     conversation_id: str | None = Query(None, description="Continue this conversation; empty = a new one."),
@@ -134,7 +141,11 @@ async def process_audio(
     format: str | None = Query(None, description="`pcm16` for raw samples; empty = detect the container."),
     sample_rate: int | None = Query(None, ge=8000, le=48000, description="Sample rate of pcm16 audio."),
     synthesize_audio: bool = Query(True, description="False = text answer only."),
+    output_format: str | None = Query(None, description=OUTPUT_FORMAT_DOC + " Without it, `Accept: audio/mpeg` "
+                                      "(or audio/ogg, audio/wav, audio/L16) picks the format."),
+    output_sample_rate: int | None = Query(None, description=OUTPUT_RATE_DOC),
 ) -> dict[str, Any]:
+    output = answer_format(output_format, output_sample_rate, request.headers.get("accept"))
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         form = await request.form()
@@ -156,7 +167,7 @@ async def process_audio(
     _check_audio(data, request.app.state.settings.max_upload_bytes(), audio_format)
     turn_request = assistant_pb2.ProcessTurnRequest(
         conversation_id=limits.conversation_id(conversation_id), audio=data, audio_format=audio_format,
-        options=_options(language, synthesize_audio))
+        options=_options(language, synthesize_audio, output))
     return await _run_turn(request, "process_audio", turn_request)
 
 
@@ -172,9 +183,10 @@ async def chat(request: Request, body: ChatRequest) -> dict[str, Any]:
         raise ApiError(422, "invalid_request", "send exactly one of `audio_base64` and `text`")
     limits.check_unicode(body.model_dump(exclude={"audio_base64"}))  # base64 is ASCII or invalid_base64
     limits.history(body.history)
+    output = answer_format(body.output_format, body.output_sample_rate)
     turn_request = assistant_pb2.ProcessTurnRequest(
         conversation_id=limits.conversation_id(body.conversation_id), history=history_messages(
-            [m.model_dump() for m in body.history]), options=_options(body.language, body.synthesize_audio))
+            [m.model_dump() for m in body.history]), options=_options(body.language, body.synthesize_audio, output))
     if has_text:
         text = limits.text((body.text or "").strip())
         if not text:

@@ -16,7 +16,8 @@ class GatewaySettings(CommonSettings):
     cors_origins: str = Field(
         "", description="Comma-separated origins the gateway answers cross-origin (CORS); empty = none, `*` = any.")
     max_upload_mb: float = Field(
-        25.0, description="Largest audio upload or JSON body the gateway accepts (HTTP 413 above it).")
+        25.0, description="Largest audio upload the gateway accepts, in MB of 1024 × 1024 bytes (HTTP 413 "
+                          "above it); a JSON body may hold it as base64, a third larger.")
     gateway_turn_timeout_seconds: float = Field(
         180.0, description="Deadline of one REST turn (ProcessTurn) at the orchestrator; then HTTP 503.")
     gateway_call_timeout_seconds: float = Field(
