@@ -3,8 +3,8 @@
 //
 // grpc-go 1.33's built-in "proto" codec calls github.com/golang/protobuf, and Debian 12
 // packages that as 1.3.5 (golang-goprotobuf-dev), from before API v2: it cannot marshal the
-// generated messages (a nil pointer panic in table_marshal.go). grpc-go 1.35 and later do
-// what this codec does. Import it for its side effect:
+// generated messages (a nil pointer panic in table_marshal.go). With golang/protobuf 1.4 or
+// later, which is built on API v2, this codec is not needed. Import it for its side effect:
 //
 //	import _ "voicebus/clients/go/protocodec"
 package protocodec
