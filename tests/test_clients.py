@@ -1,5 +1,7 @@
-"""The command-line clients against the real stack: `voicebus talk` (Python, Converse) and
-`clients/node/talk.js` (Node.js, ProcessTurn, protos loaded at run time).
+"""The command-line clients against the real stack: `voicebus talk` (Python, Converse),
+`clients/node/talk.js` (Node.js, ProcessTurn, protos loaded at run time), and the clients
+built from generated stubs: `clients/typescript` (Converse, buf + protoc-gen-es, Connect's gRPC
+transport) and `clients/go` (Converse, Debian's protoc-gen-go and protoc-gen-go-grpc).
 
 One stack for the module, started the way a user starts it (`voicebus up`, free ports,
 a token), with the tiny SmolLM2 model so that answers come quickly.
@@ -19,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
+from gateway_stack import speech_wav
 from helpers import ROOT, VoicebusUp, espeak_wav, free_port, word_error_rate, words
 from voicebus.audio import decode_container, wav_bytes
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
@@ -27,12 +30,17 @@ TOKEN = "clients-token-456"
 # Whisper tiny.en hears this espeak-ng sentence exactly, through ProcessTurn and Converse alike.
 QUESTION = "How far away is the moon?"
 NODE_CLIENT = ROOT / "clients" / "node" / "talk.js"
+TYPESCRIPT_CLIENT = ROOT / "clients" / "typescript"
+GO_CLIENT = ROOT / "clients" / "go"
+SETUP_HINT = "run scripts/setup.sh --test"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    # Two sentences at most per answer: five clients' turns on two cores stay quick.
     up = VoicebusUp("clients", tmp_path_factory.mktemp("clients-data"),
-                    {"VOICEBUS_AUTH_TOKEN": TOKEN, "VOICEBUS_LLM_LOCAL_MODEL": "smollm2-135m"})
+                    {"VOICEBUS_AUTH_TOKEN": TOKEN, "VOICEBUS_LLM_LOCAL_MODEL": "smollm2-135m",
+                     "VOICEBUS_LLM_MAX_SENTENCES": "2"})
     yield {"addr": up.address("orchestrator"), "env": up.env}
     up.stop()
 
@@ -79,12 +87,21 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], prefix: str,
     assert "Traceback" not in result.stderr and "    at " not in result.stderr
 
 
+def without_voicebus_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VOICEBUS_")}
+    return {**clean, **(extra or {})}
+
+
 # --- Node.js ---------------------------------------------------------------------------------
 
-def node(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def require_node_client() -> None:
     assert shutil.which("node"), "node is not installed (scripts/setup.sh --test installs it)"
     assert (NODE_CLIENT.parent / "node_modules" / "@grpc" / "grpc-js").is_dir(), \
         "run scripts/setup.sh --test (npm ci in clients/node)"
+
+
+def node(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    require_node_client()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VOICEBUS_")}
     return subprocess.run(["node", str(NODE_CLIENT), *args], cwd=ROOT, env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
@@ -140,6 +157,160 @@ def test_node_client_bad_input_files(tmp_path):
     assert_one_line_error(node("--audio", str(empty), "--addr", addr), "talk.js:", "is empty")
     assert_one_line_error(node("--addr", addr), "talk.js:", "--audio FILE or --text TEXT")
     assert_one_line_error(node("--text", "hi", "--addr", addr), "talk.js: UNAVAILABLE", addr)
+
+
+def copy_of_the_node_client(tmp_path: Path) -> Path:
+    """clients/node with its node_modules, outside the repository (no ../../proto there)."""
+    require_node_client()
+    copy = tmp_path / "voicebus-node-client"
+    shutil.copytree(NODE_CLIENT.parent, copy, symlinks=True)
+    return copy / "talk.js"
+
+
+def test_node_client_copied_outside_the_repository_reads_VOICEBUS_PROTO_DIR(stack, tmp_path):
+    talk_js = copy_of_the_node_client(tmp_path)
+    out = tmp_path / "typed.wav"
+    result = subprocess.run(["node", str(talk_js), "--text", "Say hello.", "--addr", stack["addr"], "--token", TOKEN,
+                             "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                            env=without_voicebus_env({"VOICEBUS_PROTO_DIR": str(ROOT / "proto")}))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert printed(result.stdout)["assistant"], result.stdout
+    assert_speech_wav(out)
+
+
+def test_node_client_copied_outside_the_repository_without_protos_says_so(tmp_path):
+    talk_js = copy_of_the_node_client(tmp_path)
+    addr = f"127.0.0.1:{free_port()}"
+    for extra, needle in (({}, "set VOICEBUS_PROTO_DIR"), ({"VOICEBUS_PROTO_DIR": str(tmp_path)}, str(tmp_path))):
+        result = subprocess.run(["node", str(talk_js), "--text", "hi", "--addr", addr], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, env=without_voicebus_env(extra))
+        assert_one_line_error(result, "talk.js:", "voicebus/v1/assistant.proto", needle)
+
+
+# --- TypeScript and Go (stubs generated from proto/) ---------------------------------------
+
+def run_client(command: list[str], *args: str, env: dict[str, str] | None = None,
+               timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*command, *args], cwd=ROOT, env=without_voicebus_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def typescript_talk() -> list[str]:
+    """`npm run build` (tsc) in clients/typescript; the command that runs the built talk.js."""
+    assert shutil.which("node"), f"node is not installed ({SETUP_HINT})"
+    assert (TYPESCRIPT_CLIENT / "node_modules" / "typescript").is_dir(), \
+        f"clients/typescript has no node_modules: {SETUP_HINT} (npm ci in clients/typescript)"
+    built = subprocess.run(["npm", "run", "--silent", "build"], cwd=TYPESCRIPT_CLIENT,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return ["node", str(TYPESCRIPT_CLIENT / "dist" / "talk.js")]
+
+
+@pytest.fixture(scope="module")
+def go_talk(tmp_path_factory) -> list[str]:
+    """clients/go/build.sh (Debian's Go in GOPATH mode); the built talk binary."""
+    assert shutil.which("go"), f"go is not installed ({SETUP_HINT}: Debian's golang-go)"
+    assert (Path("/usr/share/gocode/src/google.golang.org/grpc")).is_dir(), \
+        f"Debian's gRPC for Go is missing ({SETUP_HINT}: golang-google-grpc-dev)"
+    binary = tmp_path_factory.mktemp("go-client") / "talk"
+    built = subprocess.run(["bash", str(GO_CLIENT / "build.sh"), str(binary)], capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return [str(binary)]
+
+
+COMPILED_CLIENTS = {"typescript": ("typescript_talk", "talk.ts"), "go": ("go_talk", "talk")}
+
+
+@pytest.fixture(params=sorted(COMPILED_CLIENTS))
+def compiled_client(request) -> tuple[list[str], str]:
+    """(command, the prefix of its error lines) of each client built from generated stubs."""
+    fixture, program = COMPILED_CLIENTS[request.param]
+    return request.getfixturevalue(fixture), program
+
+
+def test_compiled_client_text_turn(stack, compiled_client, tmp_path):
+    command, _ = compiled_client
+    out = tmp_path / "typed.wav"
+    result = run_client(command, "--text", "Say hello.", "--out", str(out),
+                        env={"VOICEBUS_ORCHESTRATOR_ADDR": stack["addr"], "VOICEBUS_AUTH_TOKEN": TOKEN})
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = printed(result.stdout)
+    assert shown["you"] == "Say hello." and shown["assistant"], result.stdout
+    assert shown["audio"] == str(out)
+    assert_speech_wav(out)
+    stored = conversation(stack, shown["conversation"])
+    assert stored.turns[0].assistant_text.split() == shown["assistant"].split()
+
+
+def test_compiled_client_audio_turn(stack, compiled_client, tmp_path):
+    command, _ = compiled_client
+    question = speech_wav(QUESTION, tmp_path / "question.wav", lead_silence=0.3, tail_silence=0.5)
+    out = tmp_path / "answer.wav"
+    result = run_client(command, "--audio", str(question), "--addr", stack["addr"], "--token", TOKEN,
+                        "--out", str(out), "--timeout", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = printed(result.stdout)
+    assert {"far", "moon"} <= set(words(shown["you"])), shown
+    assert word_error_rate(QUESTION, shown["you"]) <= 0.34, shown["you"]
+    assert shown["assistant"], result.stdout
+    assert_speech_wav(out)
+
+
+def test_compiled_client_wrong_token_is_one_clear_line(stack, compiled_client, tmp_path):
+    command, program = compiled_client
+    result = run_client(command, "--text", "hello", "--addr", stack["addr"], "--token", "wrong",
+                        "--out", str(tmp_path / "x.wav"))
+    assert_one_line_error(result, f"{program}: UNAUTHENTICATED")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_compiled_client_bad_input(compiled_client, tmp_path):
+    command, program = compiled_client
+    not_audio = tmp_path / "notes.txt"
+    not_audio.write_text("this is text, not sound\n")
+    addr = f"127.0.0.1:{free_port()}"  # nothing listens: the file is refused before any call
+    assert_one_line_error(run_client(command, "--audio", str(tmp_path / "missing.wav"), "--addr", addr),
+                          f"{program}: no such file")
+    assert_one_line_error(run_client(command, "--audio", str(not_audio), "--addr", addr),
+                          f"{program}:", "not an audio file")
+    assert_one_line_error(run_client(command, "--addr", addr), f"{program}:", "--audio FILE or --text TEXT")
+    assert_one_line_error(run_client(command, "--text", "hi", "--addr", addr), f"{program}: UNAVAILABLE", addr)
+
+
+# --- generated stubs ---------------------------------------------------------------------------
+
+def gen_clients_check(root: Path) -> subprocess.CompletedProcess[str]:
+    assert (ROOT / "node_modules" / ".bin" / "buf").exists(), f"buf is missing: {SETUP_HINT}"
+    return subprocess.run(["bash", str(root / "scripts" / "gen_clients.sh"), "--check"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_every_languages_committed_stubs_match_proto():
+    """Python (voicebus/v1), TypeScript and Go: `scripts/gen_protos.sh --all --check`."""
+    drift = subprocess.run(["bash", "scripts/gen_protos.sh", "--all", "--check"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    assert drift.returncode == 0, drift.stdout + drift.stderr
+    assert "client stubs match proto/" in drift.stdout and "stubs match proto/" in drift.stdout.splitlines()[0]
+
+
+def test_the_drift_check_names_each_language_whose_stubs_were_edited(tmp_path):
+    """In a copy of the generator's inputs: an edited TypeScript and Go stub each fail the check."""
+    for part in ("scripts", "proto", "buf.yaml"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, tmp_path / part)
+    (tmp_path / "node_modules").symlink_to(ROOT / "node_modules")
+    for language in ("typescript", "go"):
+        shutil.copytree(ROOT / "clients" / language, tmp_path / "clients" / language,
+                        ignore=shutil.ignore_patterns("node_modules", "dist", "bin"))
+    (tmp_path / "clients" / "typescript" / "node_modules").symlink_to(TYPESCRIPT_CLIENT / "node_modules")
+    assert gen_clients_check(tmp_path).returncode == 0
+    with (tmp_path / "clients" / "typescript" / "src" / "gen" / "voicebus" / "v1" / "audio_pb.ts").open("a") as f:
+        f.write("// edited by hand\n")
+    (tmp_path / "clients" / "go" / "gen" / "voicebus" / "v1" / "tts_grpc.pb.go").unlink()
+    drift = gen_clients_check(tmp_path)
+    assert drift.returncode != 0, drift.stdout + drift.stderr
+    assert "differ from proto/ in clients/go/gen clients/typescript/src/gen" in drift.stderr, drift.stderr
 
 
 # --- voicebus talk ---------------------------------------------------------------------------

@@ -4,8 +4,10 @@
 //   node clients/node/talk.js --audio question.wav [--addr host:port] [--token T] [--out answer.wav]
 //   node clients/node/talk.js --text "What is the capital of France?"
 //
-// The protos are loaded from ../../proto at run time, so this client cannot drift from
-// the contract the services are built from.
+// The protos are loaded at run time, so this client cannot drift from the contract the
+// services are built from: from VOICEBUS_PROTO_DIR when it is set (a copy of this folder
+// outside the repository), else from proto/ beside this file (a bundled copy), else from the
+// repository's ../../proto.
 "use strict";
 
 const fs = require("node:fs");
@@ -14,12 +16,13 @@ const { parseArgs } = require("node:util");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
-const PROTO_ROOT = process.env.VOICEBUS_PROTO_DIR || path.join(__dirname, "..", "..", "proto");
+const ASSISTANT_PROTO = "voicebus/v1/assistant.proto";
 const USAGE = "usage: talk.js (--audio FILE | --text TEXT) [--addr host:port] [--token T] "
   + "[--out answer.wav] [--conversation ID] [--language CODE] [--timeout SECONDS]";
 
 class UsageError extends Error {} // the command line is wrong
 class InputError extends Error {} // the input file is missing or is not audio
+class SetupError extends Error {} // the protos are not where they are looked for
 let target = "VOICEBUS_ORCHESTRATOR_ADDR";
 
 function parseOptions(argv) {
@@ -101,9 +104,22 @@ function wavFromPcm16(pcm, rate, channels) {
   return Buffer.concat([header, pcm]);
 }
 
+function protoRoot() {
+  const candidates = process.env.VOICEBUS_PROTO_DIR
+    ? [process.env.VOICEBUS_PROTO_DIR]
+    : [path.join(__dirname, "proto"), path.join(__dirname, "..", "..", "proto")];
+  const found = candidates.find((dir) => fs.existsSync(path.join(dir, ASSISTANT_PROTO)));
+  if (found) return found;
+  if (process.env.VOICEBUS_PROTO_DIR) {
+    throw new SetupError(`VOICEBUS_PROTO_DIR=${process.env.VOICEBUS_PROTO_DIR} has no ${ASSISTANT_PROTO}`);
+  }
+  throw new SetupError(`cannot find ${ASSISTANT_PROTO} in ${candidates.join(" or ")}: `
+    + "set VOICEBUS_PROTO_DIR to the proto/ folder of the Voicebus repository");
+}
+
 function assistantClient(addr) {
-  const definition = protoLoader.loadSync("voicebus/v1/assistant.proto", {
-    includeDirs: [PROTO_ROOT], keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
+  const definition = protoLoader.loadSync(ASSISTANT_PROTO, {
+    includeDirs: [protoRoot()], keepCase: true, longs: String, enums: String, defaults: true, oneofs: true,
   });
   const { Assistant } = grpc.loadPackageDefinition(definition).voicebus.v1;
   const size = 64 * 1024 * 1024;
