@@ -63,6 +63,9 @@ class RunOnGuard:
         if self.stopped:
             return ""
         self.max_sentences = 0  # the answer ended by itself: its last sentence is no cut
+        if self._loops(final=True):
+            self.stopped = "repeated"
+            return ""
         for sentence in self._splitter.flush():
             if not self._sentence_done(sentence):
                 return self._release(self._done)
@@ -83,12 +86,12 @@ class RunOnGuard:
             return False
         return True
 
-    def _loops(self) -> bool:
+    def _loops(self, final: bool = False) -> bool:
         """The sentence being written holds the same LOOP_WORDS words LOOP_TIMES times (sentences
         alike are the repeated-sentence check's: "This is step 1. This is step 2." is no loop)."""
         tail = self._text[self._done:]
         words = normalised(tail).split()
-        if not tail[-1:].isspace():
+        if not final and not tail[-1:].isspace():
             words = words[:-1]  # the last word may be unfinished
         seen: dict[tuple[str, ...], int] = {}
         for end in range(LOOP_WORDS, len(words) + 1):
