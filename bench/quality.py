@@ -20,13 +20,12 @@ import asyncio
 import json
 import os
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import grpc
-from common import NatsServer, ServiceProcess, free_port, percentile  # sets sys.path
+from common import ROOT, NatsServer, ServiceProcess, free_port, percentile  # sets sys.path
 from quality_scoring import Score, score
 
 from voicebus.text import SentenceSplitter
@@ -79,7 +78,8 @@ def start_service(nats_url: str, model: str, env: dict[str, str]) -> ServiceProc
     port = free_port()
     service_env = {
         "VOICEBUS_LLM_ADDR": f"127.0.0.1:{port}", "VOICEBUS_NATS_URL": nats_url,
-        "VOICEBUS_DATA_DIR": os.environ.get("VOICEBUS_DATA_DIR") or tempfile.mkdtemp(prefix="bench-quality-"),
+        # the stack's data folder: a model in parts is assembled there once, not per run
+        "VOICEBUS_DATA_DIR": os.environ.get("VOICEBUS_DATA_DIR") or str(ROOT / "data"),
         "VOICEBUS_LLM_PROVIDERS": "local", "VOICEBUS_LLM_LOCAL_MODEL": model, "GROQ_API_KEY": "",
         "VOICEBUS_METRICS_PORT_OFFSET": "0", "VOICEBUS_LOG_LEVEL": "WARNING", **env}
     return ServiceProcess("llm_service", f"127.0.0.1:{port}", service_env, name="bench-quality").wait_healthy(900)
