@@ -278,6 +278,11 @@ async def test_each_websocket_turn_is_its_own_trace(stack, question_wav):
     turn = one(list(by_id.values()), "turn")
     assert turn["parent_span_id"] == root["span_id"]
     assert not named(list(by_id.values()), "/voicebus.v1.Assistant/Converse")  # the stream is not the turn
+    # The stream's own trace stays out of the list unless asked for.
+    roots = lambda **params: [t["root"] for t in httpx.get(  # noqa: E731
+        f"{stack['base']}/debug/traces", params=params, headers=AUTH, timeout=5).json()["traces"]]
+    assert "/voicebus.v1.Assistant/Converse" not in roots() and "ws turn" in roots()
+    assert "/voicebus.v1.Assistant/Converse" in roots(streams="true")
     assert {"voicebus-gateway", "voicebus-orchestrator", "voicebus-llm", "voicebus-tts"} <= set(tree["services"])
 
     # The spoken turn: the recording's "listen" span holds the STT stream and the turn.

@@ -63,8 +63,9 @@ def _page(title: str, body: str) -> HTMLResponse:
 
 @router.get("", summary="Recent traces (newest first): root span, start, duration, services, span count")
 async def list_traces(request: Request, limit: int = Query(50, ge=1, le=1000),
-                      format: str | None = Query(None, pattern="^(json|html)$")) -> Response:
-    traces = _store(request).recent(limit)
+                      format: str | None = Query(None, pattern="^(json|html)$"),
+                      streams: bool = Query(False, description="also the Converse streams' own traces")) -> Response:
+    traces = _store(request).recent(limit, streams)
     if not _wants_html(request, format):
         return JSONResponse({"traces": traces})
     rows = "".join(

@@ -83,6 +83,9 @@ class TraceRecord:
     turn: dict[str, Any] = field(default_factory=dict)  # from the turn-ended event, when one came
 
 
+STREAM_ROOT = "/voicebus.v1.Assistant/Converse"
+
+
 class TraceStore:
     """The most recent `max_traces` traces, by the time their first span arrived."""
 
@@ -146,9 +149,12 @@ class TraceStore:
             "errors": sum(1 for s in spans if s.status == "error"), "turn": record.turn or None,
         }
 
-    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first."""
+    def recent(self, limit: int = 50, streams: bool = False) -> list[dict[str, Any]]:
+        """Newest first. A Converse stream's own trace (its turns are traces of their own) is left
+        out unless `streams`: one per conversation, it only says that a stream was open."""
         summaries = [self._summary(tid, rec) for tid, rec in list(self._traces.items()) if rec.spans]
+        if not streams:
+            summaries = [s for s in summaries if s["turn"] or not s["root"].endswith(STREAM_ROOT)]
         summaries.sort(key=lambda s: s["start_unix_nano"], reverse=True)
         return summaries[:limit]
 
