@@ -6,14 +6,20 @@ load balancers and container healthchecks need no secret.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+# A refused client stream is ended after its first message arrives (or this long): a Python
+# asyncio client's write that loses the race with the refusal would report INTERNAL
+# ("Internal error from Core") instead of UNAUTHENTICATED (grpc/grpc#36066).
+FIRST_MESSAGE_WAIT_SECONDS = 2.0
 
 
 def bearer_matches(header_value: str | None, token: str) -> bool:
@@ -23,12 +29,19 @@ def bearer_matches(header_value: str | None, token: str) -> bool:
     return hmac.compare_digest(header_value[len("Bearer "):].strip().encode(), token.encode())
 
 
+async def _first_message(requests: AsyncIterator[Any]) -> None:
+    with contextlib.suppress(StopAsyncIteration, asyncio.TimeoutError, grpc.RpcError):
+        await asyncio.wait_for(requests.__anext__(), FIRST_MESSAGE_WAIT_SECONDS)
+
+
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    async def abort(_request: Any, context: aio.ServicerContext) -> Any:
+    async def abort(request: Any, context: aio.ServicerContext) -> Any:
+        if handler.request_streaming:
+            await _first_message(request)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def abort_stream(_request: Any, context: aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def abort_stream(request: Any, context: aio.ServicerContext) -> Any:
+        await abort(request, context)
         yield  # pragma: no cover - makes this an async generator
 
     if handler.request_streaming and handler.response_streaming:
