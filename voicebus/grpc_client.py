@@ -8,8 +8,11 @@ from grpc import aio
 from voicebus.auth import bearer_client_interceptors
 from voicebus.config import CommonSettings
 from voicebus.grpc_reconnect import RECONNECT_OPTIONS, ReconnectWait, reconnect_interceptors
+from voicebus import grpc_write_race
 from voicebus.grpc_server import grpc_options
 from voicebus.telemetry import grpc_client_interceptors
+
+grpc_write_race.install()
 
 
 def channel_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | None:
