@@ -227,8 +227,9 @@ class ConverseSession:
 
     async def _interrupt(self) -> None:
         """Barge-in: the answer stops now; a turn still being heard goes on."""
-        if self.current is not None and not self.current.listening:
-            self.current.span.add_event("barge-in")
+        if self.current is not None and not self.current.listening and not self.current.done.is_set():
+            if self.current.span.is_recording():  # it may be ending already
+                self.current.span.add_event("barge-in")
             await self.current.interrupt()
 
     # -- audio -------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ class ConverseSession:
         if self._recording is not None:
             self._speech_end_at = self._speech_end_at or time.monotonic()
             self._recording.close()
-            if self._recording.span is not None:
+            if self._recording.span is not None and self._recording.span.is_recording():  # STT may have ended it
                 self._recording.span.add_event("end_of_audio")
             self._recording = None
 

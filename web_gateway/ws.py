@@ -122,7 +122,8 @@ class ConverseBridge:
         elif kind == "end_of_audio":
             self.turn_clock = time.perf_counter()
             if self.recording is not None:
-                self.recording.add_event("end_of_audio")
+                if self.recording.is_recording():  # its turn may be over already
+                    self.recording.add_event("end_of_audio")
                 if not self.recording_sent:  # pressed and released without audio: no turn
                     self.spans.end(trace_id_of(self.recording), "no_audio")
                 self.recording = None
