@@ -9,6 +9,7 @@ a token), with the tiny SmolLM2 model so that answers come quickly.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -361,6 +362,75 @@ def test_talk_unknown_conversation(stack):
 def test_talk_wrong_token(stack):
     env = {**stack["env"], "VOICEBUS_AUTH_TOKEN": "wrong"}
     assert_one_line_error(talk("--text", "hello", "--out", "/dev/null", env=env), "voicebus talk: UNAUTHENTICATED")
+
+
+def doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "voicebus.cli", "doctor"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_doctor_on_the_running_stack(stack):
+    result = doctor(stack["env"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line.split(None, 1) for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert {level for level, _ in lines} <= {"ok", "note"}, result.stdout
+    said = [text for _, text in lines]
+    assert f"orchestrator answers at {stack['addr']}" in said, result.stdout
+    assert "bearer token: on (VOICEBUS_AUTH_TOKEN is set)" in said
+    assert any(text.startswith("LLM, local: smollm2-135m") for text in said), result.stdout
+    assert any(text.startswith("speech recognition: Whisper tiny.en") for text in said), result.stdout
+    assert result.stdout.rstrip().endswith("Nothing is wrong.")
+
+
+def test_doctor_says_what_is_wrong(stack, tmp_path):
+    wrong_token = doctor({**stack["env"], "VOICEBUS_AUTH_TOKEN": "wrong"})
+    assert wrong_token.returncode == 1
+    assert "PROBLEM the orchestrator refuses this machine's token" in wrong_token.stdout, wrong_token.stdout
+    nothing = doctor({**stack["env"], **{f"VOICEBUS_{s}_ADDR": f"127.0.0.1:{free_port()}"
+                                         for s in ("STT", "LLM", "TTS", "ORCHESTRATOR", "GATEWAY")},
+                      "VOICEBUS_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+                      "VOICEBUS_LLM_LOCAL_MODEL": str(tmp_path / "gone.gguf")})
+    assert nothing.returncode == 1 and not nothing.stderr, nothing.stderr
+    assert "the stack is not running - start it with scripts/up.sh" in nothing.stdout, nothing.stdout
+    assert f"local model file not found: {tmp_path / 'gone.gguf'}" in nothing.stdout, nothing.stdout
+    assert "2 problem(s)" in nothing.stdout
+
+
+def rpc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "voicebus.cli", "rpc", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_rpc_lists_describes_and_calls_like_grpcurl(stack):
+    listed = rpc(stack["addr"], "list", env=stack["env"])
+    assert listed.returncode == 0, listed.stderr
+    assert {"voicebus.v1.Assistant", "grpc.health.v1.Health"} <= set(listed.stdout.split()), listed.stdout
+    described = rpc(stack["addr"], "describe", "voicebus.v1.Assistant", env=stack["env"])
+    assert ("  rpc Converse(stream voicebus.v1.ConverseRequest) returns (stream voicebus.v1.ConverseResponse)"
+            in described.stdout.splitlines()), described.stdout
+    opened = talk("--text", "Say hi.", "--out", "/dev/null", env=stack["env"])
+    conversation_id = printed(opened.stdout)["conversation"]
+    got = rpc(stack["addr"], "call", "voicebus.v1.Assistant/GetConversation",
+              json.dumps({"conversation_id": conversation_id}), env=stack["env"])
+    assert got.returncode == 0, got.stderr
+    reply = json.loads(got.stdout)
+    assert reply["conversation"]["conversationId"] == conversation_id
+    assert reply["conversation"]["turns"][0]["userText"] == "Say hi."
+
+
+def test_rpc_mistakes_are_one_line(stack):
+    wrong = {**stack["env"], "VOICEBUS_AUTH_TOKEN": "wrong"}
+    assert_one_line_error(rpc(stack["addr"], "list", env=wrong), "voicebus rpc: UNAUTHENTICATED")
+    env = stack["env"]
+    assert_one_line_error(rpc(stack["addr"], "call", "voicebus.v1.Assistant/GetConversation", "{nope", env=env),
+                          "voicebus rpc: the request is not a voicebus.v1.GetConversationRequest in JSON")
+    assert_one_line_error(rpc(stack["addr"], "call", "voicebus.v1.Assistant/Converse", env=env),
+                          "voicebus rpc: voicebus.v1.Assistant.Converse takes a stream of requests")
+    assert_one_line_error(rpc(stack["addr"], "call", "voicebus.v1.Assistant/Nope", env=env),
+                          "voicebus rpc: voicebus.v1.Assistant has no method 'Nope'")
+    assert_one_line_error(rpc(stack["addr"], "call", "voicebus.v1.Assistant/GetConversation",
+                              '{"conversation_id": "no-such"}', env=env), "voicebus rpc: NOT_FOUND")
+    assert_one_line_error(rpc(f"127.0.0.1:{free_port()}", "list", env=env), "voicebus rpc: nothing answers at")
 
 
 def test_talk_bad_input(tmp_path):

@@ -1,4 +1,4 @@
-"""The `voicebus` command: `up`, `status`, `config`, `talk`, `trace`."""
+"""The `voicebus` command: `up`, `status`, `doctor`, `config`, `rpc`, `talk`, `trace`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from voicebus import talk, trace_cli
+from voicebus import rpc_cli, talk, trace_cli
 from voicebus.config import CommonSettings, settings_table
 
 
@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start NATS, the four gRPC services and the web gateway")
     sub.add_parser("status", help="health of a running stack")
+    sub.add_parser("doctor", help="what is installed, which models are in use, which ports answer, whether auth "
+                                  "is on, and what is wrong")
     sub.add_parser("config", help="every VOICEBUS_* setting with its default (Markdown table)")
+    rpc_cli.add_arguments(sub.add_parser("rpc", help="list, describe or call a service's gRPC methods "
+                                                     "(what grpcurl does, from server reflection)"))
     talk.add_arguments(sub.add_parser("talk", help="one turn with the Assistant: a recording or typed text"))
     trace_cli.add_arguments(sub.add_parser("trace", help="recent traces, or one trace as a tree (from the gateway's "
                                                          "/debug/traces)"))
@@ -31,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "config":
         print_config()
         return
+    if args.command == "doctor":
+        from voicebus import doctor
+
+        sys.exit(doctor.run())
+    if args.command == "rpc":
+        sys.exit(rpc_cli.run(args))
     if args.command == "talk":
         sys.exit(talk.run(args))
     if args.command == "trace":

@@ -226,8 +226,9 @@ async def run_stack(settings: CommonSettings) -> int:
     return exit_code
 
 
-async def stack_status(settings: CommonSettings) -> int:
-    children = [
+def stack_children(settings: CommonSettings) -> list[Child]:
+    """The stack's processes by address (none started): what `status` and `doctor` probe."""
+    return [
         Child("nats", [], "%s:%d" % nats_auth.nats_listen_address(settings), "tcp"),
         Child("stt", [], settings.stt_addr, "grpc"),
         Child("llm", [], settings.llm_addr, "grpc"),
@@ -235,6 +236,10 @@ async def stack_status(settings: CommonSettings) -> int:
         Child("orchestrator", [], settings.orchestrator_addr, "grpc"),
         Child("gateway", [], settings.gateway_addr, "http"),
     ]
+
+
+async def stack_status(settings: CommonSettings) -> int:
+    children = stack_children(settings)
     results = await asyncio.gather(*(probe(c, settings) for c in children))
     for c, status in zip(children, results, strict=True):
         c.status = status
