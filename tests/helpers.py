@@ -26,10 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this run: the kernel may offer a port again
+    as soon as its probe socket closes, and a service that loads models before it binds would
+    then lose its port to one started after it (seen: TTS and the orchestrator got one port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_grpc_healthy(address: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
