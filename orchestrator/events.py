@@ -27,8 +27,11 @@ class TurnEvents:
     async def _declare_stream(self) -> None:
         assert self.bus.nc is not None
         js = self.bus.nc.jetstream()
+        # Replicas from VOICEBUS_NATS_STREAM_REPLICAS (R3 on a 3-node cluster); an update moves a
+        # stream made with another count to this one. duplicate_window: a publish retried with the
+        # same Nats-Msg-Id within it is stored once.
         config = StreamConfig(name=TURN_STREAM, subjects=[TURN_SUBJECTS], max_age=30 * 24 * 3600.0,
-                              duplicate_window=120.0)
+                              duplicate_window=120.0, num_replicas=self.bus.settings.nats_stream_replicas)
         try:
             await js.stream_info(TURN_STREAM)
             await js.update_stream(config)

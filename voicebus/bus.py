@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 TURN_STREAM = "VOICEBUS_TURNS"
 TURN_SUBJECTS = "voicebus.turn.>"
 HEARTBEAT_SUBJECTS = "voicebus.service.*.heartbeat"
+# How long a publish is retried (while connected) before the event is dropped and counted.
+PUBLISH_RETRY_SECONDS = 20.0
 
 
 def heartbeat_subject(service: str) -> str:
@@ -277,7 +279,7 @@ class EventBus:
     async def _send_loop(self) -> None:
         while True:
             item = await self._queue.get()
-            attempts = 0
+            attempts, started = 0, time.monotonic()
             while True:
                 await self._connected.wait()
                 assert self.nc is not None
@@ -290,7 +292,10 @@ class EventBus:
                     break
                 except Exception as exc:  # noqa: BLE001 - retried, then given up on
                     attempts += 1
-                    if attempts >= 5 and self.connected:
+                    # A retry carries the same Nats-Msg-Id, so JetStream stores the event once. On a
+                    # cluster a stream whose leader died takes a new leader's election (seconds) to
+                    # accept writes again: keep trying for that long before giving up.
+                    if attempts >= 5 and self.connected and time.monotonic() - started >= PUBLISH_RETRY_SECONDS:
                         self.dropped += 1
                         log.warning("dropping event for %s after %d failed publishes: %s", item.subject, attempts, exc)
                         break

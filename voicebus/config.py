@@ -38,6 +38,9 @@ class CommonSettings(BaseSettings):
         None, description="JSON file with this process's NATS `user` and `password` (and the `heartbeat_key`), "
         "as `python -m voicebus.nats_auth` writes them per service for containers; used for what the variables "
         "above leave unset.")
+    nats_stream_replicas: int = Field(
+        1, ge=1, le=5, description="Copies JetStream keeps of each stream Voicebus makes (the turn events); 3 on a "
+        "NATS cluster of three or more nodes, so that losing one loses no event. At most the number of nodes.")
     heartbeat_seconds: float = Field(2.0, description="Interval between service heartbeats on NATS.")
     heartbeat_key: SecretStr | None = Field(
         None, description="Key of the HMAC-SHA256 signature on heartbeats; the orchestrator then ignores unsigned, "
