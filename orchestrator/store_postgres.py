@@ -72,7 +72,9 @@ class PostgresStore(ConversationStore):
 
     async def _connect(self) -> None:
         self.pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=self.pool_size, timeout=self.timeout, command_timeout=self.timeout,
+            # min_size=0: a pool that keeps a floor of connections logs a stack trace per retry during an
+            # outage; open() checks the server anyway (owner lock, migrations).
+            self.url, min_size=0, max_size=self.pool_size, timeout=self.timeout, command_timeout=self.timeout,
             server_settings={"application_name": "voicebus-orchestrator"})
         await self._hold_owner_lock()
 
