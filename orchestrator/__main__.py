@@ -12,7 +12,7 @@ from orchestrator.events import TurnEvents
 from orchestrator.registry import ServiceRegistry
 from orchestrator.server import AssistantServicer
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.store import ConversationStore
+from orchestrator.store import ConversationStore, StoreError, open_store
 from orchestrator.recorder import Deps
 from voicebus.bus import EventBus
 from voicebus.grpc_server import run_service, start_process
@@ -21,11 +21,24 @@ from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
 log = logging.getLogger("orchestrator")
 
 
+async def open_conversations(settings: OrchestratorSettings) -> ConversationStore:
+    """The store, migrated, with what a stopped orchestrator left unfinished failed; a store that
+    cannot be opened stops the process with one line saying why."""
+    try:
+        store = await open_store(settings.store_url(), pool_size=settings.database_pool_size,
+                                 timeout=settings.database_timeout_seconds)
+        before, after = store.schema
+        if before != after:
+            log.info("conversation store migrated", extra={"fields": {"from_version": before, "to_version": after}})
+        if failed := await store.fail_unfinished():
+            log.warning("turns left unfinished by a previous run marked failed", extra={"fields": {"turns": failed}})
+    except StoreError as exc:
+        raise SystemExit(f"orchestrator: {exc.message}") from None
+    return store
+
+
 async def serve(settings: OrchestratorSettings) -> None:
-    store = ConversationStore(settings.database())
-    await store.open()
-    if failed := await store.fail_unfinished():
-        log.warning("turns left unfinished by a previous run marked failed", extra={"fields": {"turns": failed}})
+    store = await open_conversations(settings)
     bus = EventBus(settings.nats_url, name="orchestrator-events")
     events = TurnEvents(bus)
     await bus.start()

@@ -35,6 +35,7 @@ from orchestrator.overlap import Overlap
 from orchestrator.pipeline import run_turn
 from orchestrator.playout import Playout
 from orchestrator.recorder import TurnRecorder
+from orchestrator.store import StoreUnavailable
 from orchestrator.turn import TurnHandle, UserInput
 from voicebus.metrics import ACTIVE_STREAMS
 from voicebus.telemetry import attached, context_from_traceparent, trace_id_of, tracer
@@ -143,7 +144,7 @@ class ConverseSession:
             if self.current:
                 await self.current.done.wait()
             self._outbox.put_nowait((None, None))
-        except InputError as bad:
+        except (InputError, StoreUnavailable) as bad:
             self._end(bad.code, bad.message)
         except Exception as exc:  # noqa: BLE001 - the client gets a status, not a hang
             log.exception("converse stream failed")

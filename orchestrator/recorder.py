@@ -20,7 +20,7 @@ from orchestrator.conversations import Conversations
 from orchestrator.events import TurnEvents
 from orchestrator.registry import ServiceRegistry
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.store import ConversationStore
+from orchestrator.store import ConversationStore, StoreUnavailable
 from orchestrator.turn import TurnHandle
 from voicebus.logs import conversation_id_var
 from voicebus.metrics import FALLBACKS, STAGE_SECONDS, TURNS
@@ -135,5 +135,8 @@ class TurnRecorder:
             await self.deps.store.finish_turn(handle.turn)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable as exc:  # the client still gets the answer (or the turn's failure)
+            log.warning("could not store the finished turn", extra={"fields": {
+                "turn_id": handle.turn_id, "error": exc.message}})
         except Exception:  # noqa: BLE001 - storage trouble is logged, the client still gets the answer
             log.exception("could not store the finished turn")

@@ -6,10 +6,12 @@ to its status; turns themselves are run by their handles (orchestrator/turn.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -20,12 +22,26 @@ from orchestrator.converse import ConverseSession, StreamEnd
 from orchestrator.intake import InputError
 from orchestrator.pipeline import run_turn
 from orchestrator.recorder import Deps, TurnRecorder
+from orchestrator.store import StoreUnavailable
 from orchestrator.turn import TurnHandle, UserInput
 from voicebus.audio import wav_bytes
-from voicebus.v1 import assistant_pb2, assistant_pb2_grpc, audio_pb2, stt_pb2
+from voicebus.v1 import assistant_pb2, assistant_pb2_grpc, audio_pb2, common_pb2, stt_pb2
 
 log = logging.getLogger(__name__)
 MAX_PAGE = 500
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def store_status(method: F) -> F:
+    """A unary call that meets a store outage ends with UNAVAILABLE and the store's message."""
+    @functools.wraps(method)
+    async def call(self: Any, request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except StoreUnavailable as exc:
+            log.warning("conversation store unavailable", extra={"fields": {"error": exc.message}})
+            await context.abort(exc.code, exc.message)
+    return call  # type: ignore[return-value]
 
 
 class Collector:
@@ -55,6 +71,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                 await context.abort(item.code, item.message)
             yield item
 
+    @store_status
     async def ProcessTurn(self, request: assistant_pb2.ProcessTurnRequest,
                           context: aio.ServicerContext) -> assistant_pb2.ProcessTurnResponse:
         try:
@@ -114,6 +131,8 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                 await handle.interrupt()
         if handle.deleted:
             raise InputError(grpc.StatusCode.NOT_FOUND, f"conversation {conversation_id!r} was deleted during the turn")
+        if handle.failed_stage == common_pb2.STAGE_STORAGE:  # nothing was answered: the caller may retry
+            raise StoreUnavailable(handle.turn.error_message)
 
         audio = b"".join(c.data for c in collector.chunks)
         fmt = audio_pb2.AudioFormat()
@@ -125,6 +144,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
         return assistant_pb2.ProcessTurnResponse(turn=handle.turn, audio=audio, audio_format=fmt,
                                                  degraded=handle.degraded)
 
+    @store_status
     async def GetConversation(self, request: assistant_pb2.GetConversationRequest,
                               context: aio.ServicerContext) -> assistant_pb2.GetConversationResponse:
         conversation = None
@@ -134,6 +154,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no conversation {intake.shown(request.conversation_id)}")
         return assistant_pb2.GetConversationResponse(conversation=conversation)
 
+    @store_status
     async def ListConversations(self, request: assistant_pb2.ListConversationsRequest,
                                 context: aio.ServicerContext) -> assistant_pb2.ListConversationsResponse:
         if request.page_size < 0 or request.page_size > MAX_PAGE:
@@ -147,6 +168,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
         return assistant_pb2.ListConversationsResponse(conversations=conversations,
                                                        next_page_token=str(offset + limit) if more else "")
 
+    @store_status
     async def DeleteConversation(self, request: assistant_pb2.DeleteConversationRequest,
                                  context: aio.ServicerContext) -> assistant_pb2.DeleteConversationResponse:
         """A running turn in it is cancelled (nothing of it is stored) and its streams end with NOT_FOUND."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from voicebus.config import CommonSettings
 
@@ -13,7 +13,18 @@ from voicebus.config import CommonSettings
 class OrchestratorSettings(CommonSettings):
     service_name: ClassVar[str] = "orchestrator"
 
-    db_path: Path | None = Field(None, description="SQLite file for conversations; unset = `<data_dir>/voicebus.db`.")
+    database_url: SecretStr | None = Field(
+        None, description="Where conversations are kept: `sqlite:///path/to/file.db` (one orchestrator; a fourth "
+        "slash starts an absolute path) or `postgresql://user:password@host:port/database` (any number of "
+        "orchestrators); unset = `sqlite:///<data_dir>/voicebus.db`. Migrations run at start.")
+    database_pool_size: int = Field(
+        10, description="Most connections one orchestrator opens to PostgreSQL (plus one that holds its owner lock).")
+    database_timeout_seconds: float = Field(
+        10.0, description="Deadline for connecting to the database and for one statement; past it a call fails "
+        "as UNAVAILABLE.")
+    db_path: Path | None = Field(
+        None, description="Deprecated: the SQLite file, used when VOICEBUS_DATABASE_URL is unset "
+        "(`sqlite:///<path>` says the same).")
     min_transcript_confidence: float = Field(
         0.30, description="Finals below this confidence get a spoken 'please say that again', no LLM call "
         "(English sentences of three words or more need 0.40: orchestrator/intelligible.py).")
@@ -41,4 +52,11 @@ class OrchestratorSettings(CommonSettings):
         return int(self.max_audio_mb * 1024 * 1024)
 
     def database(self) -> Path:
+        """The SQLite file used when VOICEBUS_DATABASE_URL is unset."""
         return self.db_path or self.data_dir / "voicebus.db"
+
+    def store_url(self) -> str:
+        """VOICEBUS_DATABASE_URL in clear (it may hold a password), or the SQLite default."""
+        if self.database_url and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.database()}"

@@ -1,19 +1,30 @@
-"""Conversations and turns in SQLite (aiosqlite, WAL), with a versioned schema.
+"""Conversations and turns: one store interface, two backends, one list of migrations.
 
-A turn row is written as soon as the user's words are known and updated when the turn
-ends, so a crash mid-answer still leaves the question on record.
+`open_store(url)` picks the backend from `VOICEBUS_DATABASE_URL`: `sqlite:///path` (the
+embedded default, orchestrator/store_sqlite.py) or `postgresql://user:password@host:port/db`
+(many orchestrators on one database, orchestrator/store_postgres.py). A turn row is written
+as soon as the user's words are known and updated when the turn ends, so a crash mid-answer
+still leaves the question on record. Every write can be retried: a turn is keyed by its id
+and `finish_turn` is an UPDATE, so a retry never duplicates what the first try stored.
+
+`python -m orchestrator.migrate` (or `voicebus migrate`) runs the migrations alone;
+the orchestrator also runs them at start.
 """
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import functools
-import time
+import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
-import aiosqlite
+import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.trace import SpanKind
@@ -21,223 +32,321 @@ from opentelemetry.trace import SpanKind
 from voicebus.telemetry import tracer
 from voicebus.v1 import assistant_pb2, common_pb2
 
-# Each entry moves the schema one version up; never edit an applied entry, add a new one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE conversations (
-        id          TEXT PRIMARY KEY,
-        created_at  REAL NOT NULL,
-        updated_at  REAL NOT NULL,
-        title       TEXT NOT NULL DEFAULT ''
-    );
-    CREATE TABLE turns (
-        id              TEXT PRIMARY KEY,
-        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-        idx             INTEGER NOT NULL,
-        user_text       TEXT NOT NULL DEFAULT '',
-        assistant_text  TEXT NOT NULL DEFAULT '',
-        language        TEXT NOT NULL DEFAULT '',
-        outcome         TEXT NOT NULL DEFAULT 'TURN_OUTCOME_UNSPECIFIED',
-        interrupted     INTEGER NOT NULL DEFAULT 0,
-        timings         TEXT NOT NULL DEFAULT '{}',
-        providers       TEXT NOT NULL DEFAULT '{}',
-        error           TEXT NOT NULL DEFAULT '',
-        trace_id        TEXT NOT NULL DEFAULT '',
-        created_at      REAL NOT NULL,
-        UNIQUE (conversation_id, idx)
-    );
-    CREATE INDEX conversations_by_update ON conversations(updated_at DESC);
-    """,
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema, the same version number on both backends (their SQL differs only
+    where the engines do: REAL is 8 bytes in SQLite and 4 in PostgreSQL)."""
+
+    version: int
+    sqlite: str
+    postgres: str
+
+
+# Never edit an applied entry: add a new one.
+MIGRATIONS: list[Migration] = [
+    Migration(1, sqlite="""
+        CREATE TABLE conversations (
+            id          TEXT PRIMARY KEY,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            title       TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE turns (
+            id              TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            idx             INTEGER NOT NULL,
+            user_text       TEXT NOT NULL DEFAULT '',
+            assistant_text  TEXT NOT NULL DEFAULT '',
+            language        TEXT NOT NULL DEFAULT '',
+            outcome         TEXT NOT NULL DEFAULT 'TURN_OUTCOME_UNSPECIFIED',
+            interrupted     INTEGER NOT NULL DEFAULT 0,
+            timings         TEXT NOT NULL DEFAULT '{}',
+            providers       TEXT NOT NULL DEFAULT '{}',
+            error           TEXT NOT NULL DEFAULT '',
+            trace_id        TEXT NOT NULL DEFAULT '',
+            created_at      REAL NOT NULL,
+            UNIQUE (conversation_id, idx)
+        );
+        CREATE INDEX conversations_by_update ON conversations(updated_at DESC);
+        """, postgres="""
+        CREATE TABLE conversations (
+            id          TEXT PRIMARY KEY,
+            created_at  DOUBLE PRECISION NOT NULL,
+            updated_at  DOUBLE PRECISION NOT NULL,
+            title       TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE turns (
+            id              TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            idx             INTEGER NOT NULL,
+            user_text       TEXT NOT NULL DEFAULT '',
+            assistant_text  TEXT NOT NULL DEFAULT '',
+            language        TEXT NOT NULL DEFAULT '',
+            outcome         TEXT NOT NULL DEFAULT 'TURN_OUTCOME_UNSPECIFIED',
+            interrupted     INTEGER NOT NULL DEFAULT 0,
+            timings         TEXT NOT NULL DEFAULT '{}',
+            providers       TEXT NOT NULL DEFAULT '{}',
+            error           TEXT NOT NULL DEFAULT '',
+            trace_id        TEXT NOT NULL DEFAULT '',
+            created_at      DOUBLE PRECISION NOT NULL,
+            UNIQUE (conversation_id, idx)
+        );
+        CREATE INDEX conversations_by_update ON conversations(updated_at DESC);
+        """),
+    # Which orchestrator runs a turn: at start, one fails only the unfinished turns of owners that
+    # are gone, not those another replica is running (orchestrator/store_postgres.py).
+    Migration(2, sqlite="ALTER TABLE turns ADD COLUMN owner TEXT NOT NULL DEFAULT '';",
+              postgres="ALTER TABLE turns ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+                       "CREATE INDEX turns_unfinished ON turns(owner) WHERE outcome = 'TURN_OUTCOME_UNSPECIFIED';"),
 ]
+SCHEMA_VERSION = MIGRATIONS[-1].version
+assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "migration versions must be 1, 2, 3…"
 
 # Outcomes whose texts are conversation history for the LLM.
 HISTORY_OUTCOMES = ("TURN_OUTCOME_COMPLETED", "TURN_OUTCOME_INTERRUPTED")
+RESTART_ERROR = "interrupted by a restart of the orchestrator"
+
+
+class StoreError(Exception):
+    """The store cannot serve; `message` says why in words, `code` is the gRPC status for it."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StoreConfigError(StoreError):
+    """VOICEBUS_DATABASE_URL cannot name a store (unknown scheme, no path, no database)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer (down, unreachable, refused us): the caller may retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def shown_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-def _traced_write(operation: str, table: str) -> Callable[[F], F]:
-    """A span per write (reads are quick and many): a slow disk shows in the turn's trace."""
+def operation(sql_operation: str = "", table: str = "") -> Callable[[F], F]:
+    """Every public store call: a lost connection is tried once more (all calls are idempotent), and
+    what is still failing is raised as `StoreUnavailable`. A write also gets a span (reads are quick
+    and many): a slow disk or database shows in the turn's trace."""
     def decorate(method: F) -> F:
         @functools.wraps(method)
-        async def traced(*args: Any, **kwargs: Any) -> Any:
-            with tracer("voicebus.store").start_as_current_span(
-                    f"sqlite {operation} {table}", kind=SpanKind.CLIENT,
-                    attributes={"db.system": "sqlite", "db.operation": operation, "db.sql.table": table}):
-                return await method(*args, **kwargs)
-        return traced  # type: ignore[return-value]
+        async def call(self: ConversationStore, *args: Any, **kwargs: Any) -> Any:
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    if not sql_operation:
+                        return await method(self, *args, **kwargs)
+                    with tracer("voicebus.store").start_as_current_span(
+                            f"{self.system} {sql_operation} {table}", kind=SpanKind.CLIENT,
+                            attributes={"db.system": self.system, "db.operation": sql_operation,
+                                        "db.sql.table": table}):
+                        return await method(self, *args, **kwargs)
+                except self.unavailable_errors as exc:
+                    if attempt == self.attempts:
+                        raise StoreUnavailable(f"the conversation store is unavailable: {self.reason(exc)}") from None
+                    log.warning("store call failed, trying again", extra={"fields": {
+                        "call": method.__name__, "error": self.reason(exc)}})
+                    await asyncio.sleep(self.retry_delay)
+            raise AssertionError("unreachable")
+        return call  # type: ignore[return-value]
     return decorate
 
 
-def _timestamp(seconds: float) -> Timestamp:
+def timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
 
 
-class ConversationStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db: aiosqlite.Connection | None = None
+def seed_pairs(history: list[common_pb2.ChatMessage]) -> list[tuple[str, str]]:
+    """Earlier messages a new conversation starts with, as (user, assistant) turns; system
+    messages are not history."""
+    pairs: list[list[str]] = []
+    for message in history:
+        if message.role == common_pb2.ROLE_USER:
+            pairs.append([message.content, ""])
+        elif message.role == common_pb2.ROLE_ASSISTANT:
+            if pairs and not pairs[-1][1]:
+                pairs[-1][1] = message.content
+            else:
+                pairs.append(["", message.content])
+    return [(user, assistant) for user, assistant in pairs]
+
+
+def new_turn_id() -> str:
+    return uuid.uuid4().hex
+
+
+def finished_values(turn: assistant_pb2.Turn) -> tuple[Any, ...]:
+    """finish_turn's columns, in the order user_text, assistant_text, language, outcome,
+    interrupted, timings, providers, error."""
+    return (turn.user_text, turn.assistant_text, turn.language_code, assistant_pb2.TurnOutcome.Name(turn.outcome),
+            int(turn.interrupted), json_format.MessageToJson(turn.timings, indent=None),
+            json_format.MessageToJson(turn.providers, indent=None), turn.error_message)
+
+
+def turn_from_row(row: Mapping[str, Any]) -> assistant_pb2.Turn:
+    turn = assistant_pb2.Turn(
+        turn_id=row["id"], conversation_id=row["conversation_id"], index=row["idx"], user_text=row["user_text"],
+        assistant_text=row["assistant_text"], language_code=row["language"],
+        outcome=assistant_pb2.TurnOutcome.Value(row["outcome"]), interrupted=bool(row["interrupted"]),
+        error_message=row["error"], trace_id=row["trace_id"], created_at=timestamp(row["created_at"]))
+    json_format.Parse(row["timings"], turn.timings)
+    json_format.Parse(row["providers"], turn.providers)
+    return turn
+
+
+def conversation_from_row(row: Mapping[str, Any], turn_count: int) -> assistant_pb2.Conversation:
+    return assistant_pb2.Conversation(conversation_id=row["id"], created_at=timestamp(row["created_at"]),
+                                      updated_at=timestamp(row["updated_at"]), title=row["title"],
+                                      turn_count=turn_count)
+
+
+def history_messages(rows: list[Mapping[str, Any]]) -> list[common_pb2.ChatMessage]:
+    """Turns, newest first, as chat messages oldest first."""
+    messages: list[common_pb2.ChatMessage] = []
+    for row in reversed(rows):
+        if row["user_text"]:
+            messages.append(common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=row["user_text"]))
+        if row["assistant_text"]:
+            messages.append(common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, content=row["assistant_text"]))
+    return messages
+
+
+class ConversationStore(abc.ABC):
+    """What the orchestrator asks of its database. `open()` connects and migrates; every other call
+    raises `StoreUnavailable` when the database does not answer, and works again once it does."""
+
+    system: ClassVar[str]  # OpenTelemetry's db.system
+    unavailable_errors: ClassVar[tuple[type[BaseException], ...]]
+    attempts: ClassVar[int] = 1
+    retry_delay: ClassVar[float] = 0.2
+
+    def __init__(self) -> None:
+        self.owner = new_turn_id()  # this process, on the turns it runs
+        self.schema: tuple[int, int] = (0, 0)  # version before and after open()'s migrations
+
+    def reason(self, exc: BaseException) -> str:
+        return str(exc) or exc.__class__.__name__
+
+    @abc.abstractmethod
+    def where(self) -> str:
+        """The database, for messages (no password)."""
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = await aiosqlite.connect(self.path)
-        self.db.row_factory = aiosqlite.Row
-        await self.db.execute("PRAGMA journal_mode=WAL")
-        await self.db.execute("PRAGMA synchronous=NORMAL")
-        await self.db.execute("PRAGMA foreign_keys=ON")
-        await self._migrate()
+        """Connect and bring the schema up to SCHEMA_VERSION; any failure is a StoreError in words
+        (a process that cannot open its store stops with one line, not a stack trace)."""
+        try:
+            await self._connect()
+            self.schema = await self._migrate()
+        except StoreError:
+            await self.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a refused login, a missing database, no privilege…
+            await self.close()
+            raise StoreUnavailable(f"cannot open the conversation store {self.where()}: {self.reason(exc)}") from None
 
-    async def _migrate(self) -> None:
-        assert self.db
-        version = (await (await self.db.execute("PRAGMA user_version")).fetchone())[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self.db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreConfigError(f"the conversation store's schema is version {version}, newer than this "
+                                   f"orchestrator's {SCHEMA_VERSION}: run the newer orchestrator, or an older database")
 
+    @abc.abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _migrate(self) -> tuple[int, int]:
+        """Apply the migrations after the stored version, atomically; (before, after)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
     async def fail_unfinished(self) -> int:
-        """Turns a previous run left without an outcome (it was killed mid-turn) are failed, with the
-        reason; call once at start, when no turn of this process is running."""
-        assert self.db
-        cur = await self.db.execute(
-            "UPDATE turns SET outcome = 'TURN_OUTCOME_FAILED', error = 'interrupted by a restart of the orchestrator' "
-            "WHERE outcome = 'TURN_OUTCOME_UNSPECIFIED'")
-        await self.db.commit()
-        return cur.rowcount
+        """Turns that a stopped orchestrator left without an outcome (it was killed mid-turn) are
+        failed, with the reason; call once at start, before this process runs a turn."""
 
-    async def close(self) -> None:
-        if self.db:
-            await self.db.close()
-            self.db = None
+    @abc.abstractmethod
+    async def exists(self, conversation_id: str) -> bool: ...
 
-    async def _seed(self, cid: str, history: list[common_pb2.ChatMessage], now: float) -> int:
-        """Earlier user/assistant messages a new conversation starts with, as completed turns."""
-        assert self.db
-        pairs: list[list[str]] = []  # [user, assistant] per earlier turn; system messages are not history
-        for message in history:
-            if message.role == common_pb2.ROLE_USER:
-                pairs.append([message.content, ""])
-            elif message.role == common_pb2.ROLE_ASSISTANT:
-                if pairs and not pairs[-1][1]:
-                    pairs[-1][1] = message.content
-                else:
-                    pairs.append(["", message.content])
-        for idx, (user, assistant) in enumerate(pairs):
-            await self.db.execute(
-                "INSERT INTO turns (id, conversation_id, idx, user_text, assistant_text, outcome, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'TURN_OUTCOME_COMPLETED', ?)",
-                (uuid.uuid4().hex, cid, idx, user, assistant, now))
-        if pairs:
-            await self.db.execute("UPDATE conversations SET title = ? WHERE id = ?", (pairs[0][0][:80], cid))
-        return len(pairs)
+    @abc.abstractmethod
+    async def turn_count(self, conversation_id: str) -> int: ...
 
-    async def exists(self, conversation_id: str) -> bool:
-        assert self.db
-        row = await (await self.db.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,))).fetchone()
-        return row is not None
-
-    async def turn_count(self, conversation_id: str) -> int:
-        assert self.db
-        row = await (await self.db.execute("SELECT COUNT(*) FROM turns WHERE conversation_id = ?",
-                                           (conversation_id,))).fetchone()
-        return int(row[0])
-
-    @_traced_write("INSERT", "turns")
+    @abc.abstractmethod
     async def start_turn(self, turn: assistant_pb2.Turn, seed: list[common_pb2.ChatMessage] | None = None) -> None:
-        """Store a turn as soon as its user text is known; fills turn.index.
+        """Store a turn as soon as its user text is known; fills turn.index and turn.created_at.
 
         A conversation exists from its first stored turn on (a refused request leaves nothing
-        behind); a new one is created here, with `seed` as its earlier turns."""
-        assert self.db
-        now = time.time()
-        cur = await self.db.execute("INSERT OR IGNORE INTO conversations (id, created_at, updated_at) "
-                                    "VALUES (?, ?, ?)", (turn.conversation_id, now, now))
-        if cur.rowcount and seed:
-            await self._seed(turn.conversation_id, seed, now)
-        async with self.db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE conversation_id = ?",
-                                   (turn.conversation_id,)) as cur:
-            turn.index = (await cur.fetchone())[0]
-        turn.created_at.CopyFrom(_timestamp(now))
-        await self.db.execute(
-            "INSERT INTO turns (id, conversation_id, idx, user_text, language, trace_id, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (turn.turn_id, turn.conversation_id, turn.index, turn.user_text, turn.language_code, turn.trace_id, now))
-        title = turn.user_text[:80]
-        await self.db.execute(
-            "UPDATE conversations SET updated_at = ?, title = CASE WHEN title = '' THEN ? ELSE title END WHERE id = ?",
-            (now, title, turn.conversation_id))
-        await self.db.commit()
+        behind); a new one is created here, with `seed` as its earlier turns. The same turn
+        stored again (a retry) changes nothing."""
 
-    @_traced_write("UPDATE", "turns")
-    async def finish_turn(self, turn: assistant_pb2.Turn) -> None:
-        assert self.db
-        await self.db.execute(
-            "UPDATE turns SET user_text = ?, assistant_text = ?, language = ?, outcome = ?, interrupted = ?, "
-            "timings = ?, providers = ?, error = ? WHERE id = ?",
-            (turn.user_text, turn.assistant_text, turn.language_code, assistant_pb2.TurnOutcome.Name(turn.outcome),
-             int(turn.interrupted), json_format.MessageToJson(turn.timings, indent=None),
-             json_format.MessageToJson(turn.providers, indent=None), turn.error_message, turn.turn_id))
-        await self.db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
-                              (time.time(), turn.conversation_id))
-        await self.db.commit()
+    @abc.abstractmethod
+    async def finish_turn(self, turn: assistant_pb2.Turn) -> None: ...
 
+    @abc.abstractmethod
     async def history(self, conversation_id: str, max_turns: int) -> list[common_pb2.ChatMessage]:
         """Earlier turns as chat messages, oldest first."""
-        assert self.db
-        rows = await (await self.db.execute(
-            f"SELECT user_text, assistant_text FROM turns WHERE conversation_id = ? "
-            f"AND outcome IN ({','.join('?' * len(HISTORY_OUTCOMES))}) ORDER BY idx DESC LIMIT ?",
-            (conversation_id, *HISTORY_OUTCOMES, max_turns))).fetchall()
-        messages: list[common_pb2.ChatMessage] = []
-        for row in reversed(rows):
-            if row["user_text"]:
-                messages.append(common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=row["user_text"]))
-            if row["assistant_text"]:
-                messages.append(common_pb2.ChatMessage(role=common_pb2.ROLE_ASSISTANT, content=row["assistant_text"]))
-        return messages
 
-    @staticmethod
-    def _turn(row: aiosqlite.Row) -> assistant_pb2.Turn:
-        turn = assistant_pb2.Turn(
-            turn_id=row["id"], conversation_id=row["conversation_id"], index=row["idx"], user_text=row["user_text"],
-            assistant_text=row["assistant_text"], language_code=row["language"],
-            outcome=assistant_pb2.TurnOutcome.Value(row["outcome"]), interrupted=bool(row["interrupted"]),
-            error_message=row["error"], trace_id=row["trace_id"], created_at=_timestamp(row["created_at"]))
-        json_format.Parse(row["timings"], turn.timings)
-        json_format.Parse(row["providers"], turn.providers)
-        return turn
+    @abc.abstractmethod
+    async def get(self, conversation_id: str, with_turns: bool = True) -> assistant_pb2.Conversation | None: ...
 
-    async def get(self, conversation_id: str, with_turns: bool = True) -> assistant_pb2.Conversation | None:
-        assert self.db
-        row = await (await self.db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,))).fetchone()
-        if row is None:
-            return None
-        conversation = assistant_pb2.Conversation(
-            conversation_id=row["id"], created_at=_timestamp(row["created_at"]),
-            updated_at=_timestamp(row["updated_at"]), title=row["title"])
-        turns = await (await self.db.execute("SELECT * FROM turns WHERE conversation_id = ? ORDER BY idx",
-                                             (conversation_id,))).fetchall()
-        conversation.turn_count = len(turns)
-        if with_turns:
-            conversation.turns.extend(self._turn(t) for t in turns)
-        return conversation
-
+    @abc.abstractmethod
     async def list(self, limit: int, offset: int) -> tuple[list[assistant_pb2.Conversation], bool]:
         """Most recently updated first; the bool says whether more follow."""
-        assert self.db
-        rows = await (await self.db.execute(
-            "SELECT c.*, (SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id) AS n FROM conversations c "
-            "ORDER BY updated_at DESC, id LIMIT ? OFFSET ?", (limit + 1, offset))).fetchall()
-        conversations = [
-            assistant_pb2.Conversation(conversation_id=r["id"], created_at=_timestamp(r["created_at"]),
-                                       updated_at=_timestamp(r["updated_at"]), title=r["title"], turn_count=r["n"])
-            for r in rows[:limit]]
-        return conversations, len(rows) > limit
 
-    @_traced_write("DELETE", "conversations")
-    async def delete(self, conversation_id: str) -> bool:
-        assert self.db
-        cur = await self.db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
-        await self.db.commit()
-        return cur.rowcount > 0
+    @abc.abstractmethod
+    async def delete(self, conversation_id: str) -> bool: ...
+
+
+def store_for(url: str, *, pool_size: int = 10, timeout: float = 10.0) -> ConversationStore:
+    """The store a URL names, not yet opened; a URL that names none is a StoreConfigError."""
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        from orchestrator.store_sqlite import SqliteStore
+
+        prefix, path = url[:len("sqlite://")], url[len("sqlite://"):]
+        if prefix.lower() != "sqlite://" or not path.startswith("/") or len(path) < 2:
+            raise StoreConfigError(f"VOICEBUS_DATABASE_URL {url!r}: a SQLite URL is sqlite:///path/to/file.db "
+                                   "(three slashes, then the path: a fourth starts an absolute one)")
+        return SqliteStore(Path(path[1:]), timeout=timeout)
+    if scheme in ("postgresql", "postgres"):
+        from orchestrator.store_postgres import PostgresStore
+
+        parts = urlsplit(url)
+        if not parts.path.strip("/"):
+            raise StoreConfigError(f"VOICEBUS_DATABASE_URL {shown_url(url)!r} names no database: "
+                                   "postgresql://user:password@host:port/database")
+        if pool_size < 1:
+            raise StoreConfigError(f"VOICEBUS_DATABASE_POOL_SIZE must be at least 1, not {pool_size}")
+        return PostgresStore(url, pool_size=pool_size, timeout=timeout)
+    raise StoreConfigError(f"VOICEBUS_DATABASE_URL {shown_url(url)!r}: unknown kind of database {scheme!r}; "
+                           "use sqlite:///path/to/file.db or postgresql://user:password@host:port/database")
+
+
+async def open_store(url: str, *, pool_size: int = 10, timeout: float = 10.0) -> ConversationStore:
+    """The store a URL names, connected and migrated."""
+    store = store_for(url, pool_size=pool_size, timeout=timeout)
+    await store.open()
+    return store

@@ -30,6 +30,7 @@ from opentelemetry.trace import Span
 
 from orchestrator.clients import StageError
 from orchestrator.playout import Playout
+from orchestrator.store import StoreUnavailable
 from voicebus.telemetry import trace_id_of, tracer
 from voicebus.v1 import assistant_pb2, common_pb2
 
@@ -137,6 +138,8 @@ class TurnHandle:
                 except StageError as exc:
                     self._fail(STAGES.get(exc.service, common_pb2.STAGE_UNSPECIFIED), exc.code,
                                f"{exc.service}: {exc.message}")
+                except StoreUnavailable as exc:
+                    self._fail(common_pb2.STAGE_STORAGE, exc.code, exc.message)
                 except Exception as exc:  # noqa: BLE001 - a turn always ends recorded, never half-done
                     log.exception("turn failed unexpectedly")
                     self._fail(common_pb2.STAGE_UNSPECIFIED, grpc.StatusCode.INTERNAL,

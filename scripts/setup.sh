@@ -13,6 +13,8 @@ SUDO=""
 apt_packages=(espeak-ng python3-venv python3-dev ca-certificates)
 if [ "$want_test" = "--test" ]; then
   apt_packages+=(chromium)
+  # A real PostgreSQL server for the store tests (tests/postgres_server.py).
+  apt_packages+=(postgresql)
   # The Go client (clients/go): Debian's Go, gRPC and protobuf for GOPATH builds, and the
   # protoc plugins that scripts/gen_clients.sh runs through buf.
   apt_packages+=(golang-go golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc)

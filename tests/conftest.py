@@ -13,3 +13,13 @@ def nats_server():
     server = NatsServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server per test session (tests/postgres_server.py); each test makes its own database."""
+    from postgres_server import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()

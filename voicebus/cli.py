@@ -1,4 +1,4 @@
-"""The `voicebus` command: `up`, `status`, `doctor`, `config`, `rpc`, `talk`, `trace`."""
+"""The `voicebus` command: `up`, `status`, `doctor`, `config`, `rpc`, `talk`, `trace`, `migrate`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     talk.add_arguments(sub.add_parser("talk", help="one turn with the Assistant: a recording or typed text"))
     trace_cli.add_arguments(sub.add_parser("trace", help="recent traces, or one trace as a tree (from the gateway's "
                                                          "/debug/traces)"))
+    sub.add_parser("migrate", help="bring the conversation store's schema (VOICEBUS_DATABASE_URL) up to date")
     args = parser.parse_args(argv)
 
     if args.command == "config":
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(talk.run(args))
     if args.command == "trace":
         sys.exit(trace_cli.run(args))
+    if args.command == "migrate":
+        from orchestrator import migrate
+
+        sys.exit(migrate.main())
     settings = CommonSettings()
     from voicebus.stack import run_stack, stack_status
 

@@ -28,7 +28,7 @@ from orchestrator.recorder import Deps
 from orchestrator.registry import ServiceRegistry
 from orchestrator.server import AssistantServicer
 from orchestrator.settings import OrchestratorSettings
-from orchestrator.store import ConversationStore
+from orchestrator.store import open_store
 from voicebus.bus import EventBus
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc, audio_pb2, events_pb2
 
@@ -100,8 +100,7 @@ class Orchestra:
             data_dir=self.folder, nats_url=self.nats_url, stt_addr=addresses.get("stt", "127.0.0.1:9"),
             llm_addr=addresses.get("llm", "127.0.0.1:9"), tts_addr=addresses.get("tts", "127.0.0.1:9"),
             orchestrator_addr=self.address, trace_view=False, **self.extra)
-        self.store = ConversationStore(self.settings.database())
-        await self.store.open()
+        self.store = await open_store(self.settings.store_url())
         self.bus = EventBus(self.nats_url, name="orchestra")
         events = TurnEvents(self.bus)
         await self.bus.start()

@@ -10,7 +10,7 @@ import pytest
 
 from fake_services import FakeLLM, FakeServices, FakeSTT, FakeTTS, Reply, Utterance, pcm16_audio
 from orchestra import Orchestra, speech, audio, config, end_of_audio, kinds, live, text
-from orchestrator.store import ConversationStore
+from orchestrator.store_sqlite import SqliteStore
 from voicebus.v1 import assistant_pb2, audio_pb2, common_pb2
 
 O = assistant_pb2
@@ -159,12 +159,12 @@ async def test_delete_during_a_turn_ends_it_and_the_stream(nats_url):
 
 
 async def test_turns_left_running_by_a_crash_are_failed_at_start(tmp_path):
-    store = ConversationStore(tmp_path / "voicebus.db")
+    store = SqliteStore(tmp_path / "voicebus.db")
     await store.open()
     turn = O.Turn(turn_id="t1", conversation_id="c1", user_text="half done")
     await store.start_turn(turn)
     await store.close()
-    again = ConversationStore(tmp_path / "voicebus.db")
+    again = SqliteStore(tmp_path / "voicebus.db")
     await again.open()
     assert await again.fail_unfinished() == 1
     stored = await again.get("c1")
