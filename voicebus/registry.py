@@ -1,7 +1,8 @@
 """A live registry of service instances, from NATS heartbeats plus the configured addresses.
 
 The configured address of each service is always a candidate (so the stack works with
-NATS down); instances that announce themselves join it. Calls go to healthy instances,
+NATS down); instances that announce themselves join it. The orchestrator follows STT, LLM
+and TTS with it; the gateway follows orchestrators (`configured={"orchestrator": ...}`). Calls go to healthy instances,
 least loaded first; an instance that failed a call is avoided for a while.
 
 A heartbeat decides where the user's words and the bearer token go next, so one is
@@ -69,10 +70,14 @@ def implausible(beat: events_pb2.ServiceHeartbeat) -> str | None:
 
 
 class ServiceRegistry:
-    def __init__(self, settings: CommonSettings, retry_seconds: float) -> None:
+    def __init__(self, settings: CommonSettings, retry_seconds: float,
+                 configured: dict[str, str] | None = None) -> None:
+        """`configured`: service name -> its configured address; the services followed (default:
+        the ones the orchestrator calls)."""
         self.settings = settings
         self.retry_seconds = retry_seconds
-        self.configured = {"stt": settings.stt_addr, "llm": settings.llm_addr, "tts": settings.tts_addr}
+        self.configured = configured if configured is not None else {
+            "stt": settings.stt_addr, "llm": settings.llm_addr, "tts": settings.tts_addr}
         self.instances: dict[str, dict[str, Instance]] = {
             service: {address: Instance(address)} for service, address in self.configured.items()}
         self._channels: dict[str, aio.Channel] = {}
@@ -93,7 +98,7 @@ class ServiceRegistry:
     def receive(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> str | None:
         """Check one heartbeat message and observe it; the reason it was ignored, or None."""
         if not any(subject == heartbeat_subject(service) for service in self.instances):
-            return "not a service the orchestrator calls"  # e.g. its own heartbeat: nothing to report
+            return "not a service followed here"  # e.g. the orchestrator's own heartbeat: nothing to report
         reason, beat = self._verify(subject, payload, headers)
         if reason is None:
             self.observe(beat)
