@@ -261,6 +261,9 @@ async def test_a_websocket_moves_when_its_orchestrator_dies(replicas: Replicas) 
 async def test_sigterm_drains_the_orchestrator(replicas: Replicas) -> None:
     a, b = await replicas.orchestrator("a"), await replicas.orchestrator("b")
     await replicas.start_gateway(configured=a)
+    assert replicas.gateway is not None
+    await until(lambda: any("instance joined" in line and b.address in line
+                            for line in replicas.gateway.logs().splitlines()), "the gateway heard B's heartbeat")
     cid = await new_conversation(replicas.stub(a))
     running = asyncio.create_task(code_of(replicas.stub(a).ProcessTurn(text_turn("Tell me more.", cid), timeout=60)))
     await replicas.fakes.llm.wait_calls(2, ended=False)
