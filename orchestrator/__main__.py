@@ -9,13 +9,14 @@ from grpc import aio
 
 from orchestrator.conversations import Conversations
 from orchestrator.events import TurnEvents
-from orchestrator.registry import ServiceRegistry
+from orchestrator.lease import TurnLeases
+from voicebus.registry import ServiceRegistry
 from orchestrator.server import AssistantServicer
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.store import ConversationStore, StoreError, open_store
 from orchestrator.recorder import Deps
 from voicebus.bus import EventBus
-from voicebus.grpc_server import run_service, start_process
+from voicebus.grpc_server import announced_address, run_service, start_process
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
 
 log = logging.getLogger("orchestrator")
@@ -41,10 +42,13 @@ async def serve(settings: OrchestratorSettings) -> None:
     store = await open_conversations(settings)
     bus = EventBus(settings.nats_url, name="orchestrator-events")
     events = TurnEvents(bus)
+    leases = TurnLeases(bus, settings.turn_lease_seconds,
+                        holder=announced_address(settings.orchestrator_addr, settings.announce_host))
+    bus.on_connect(leases.declare)
     await bus.start()
     registry = ServiceRegistry(settings, settings.instance_retry_seconds)
     watcher = asyncio.create_task(registry.watch(bus))
-    deps = Deps(settings=settings, store=store, registry=registry, events=events, conversations=Conversations())
+    deps = Deps(settings=settings, store=store, registry=registry, events=events, conversations=Conversations(leases))
 
     def register(server: aio.Server) -> list[str]:
         assistant_pb2_grpc.add_AssistantServicer_to_server(AssistantServicer(deps), server)
@@ -57,7 +61,7 @@ async def serve(settings: OrchestratorSettings) -> None:
         await store.close()
 
     await run_service(settings=settings, address=settings.orchestrator_addr, register=register, capacity=8,
-                      on_shutdown=shutdown)
+                      on_drain=deps.conversations.drain, on_shutdown=shutdown)
 
 
 def main() -> None:

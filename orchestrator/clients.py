@@ -18,7 +18,7 @@ import grpc
 from grpc import aio
 from opentelemetry import trace
 
-from orchestrator.registry import ServiceRegistry
+from voicebus.registry import ServiceRegistry
 from voicebus.metrics import FALLBACKS
 from voicebus.v1 import llm_pb2, llm_pb2_grpc, stt_pb2, stt_pb2_grpc, tts_pb2, tts_pb2_grpc
 

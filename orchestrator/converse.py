@@ -29,6 +29,7 @@ from opentelemetry.trace import Link, Span, Status, StatusCode
 
 from orchestrator import intake
 from orchestrator.clients import StageError
+from orchestrator.conversations import DRAINING
 from orchestrator.intake import InputError
 from orchestrator.listen import Recording
 from orchestrator.overlap import Overlap
@@ -69,6 +70,7 @@ class ConverseSession:
         self._refused_utterance = False  # its speech started while the conversation was busy elsewhere
         self._overlap: Overlap | None = None  # an utterance begun over an answer, not yet judged
         self._stream_links: list[Link] = []
+        self._drain_wait: asyncio.Task[None] | None = None
 
     # -- output ------------------------------------------------------------------------------
     def put(self, handle: TurnHandle | None, event: assistant_pb2.ConverseResponse) -> None:
@@ -156,19 +158,34 @@ class ConverseSession:
             raise InputError(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a config")
         self.config = first.config
         intake.check_converse_config(self.config)
+        if self.deps.conversations.draining:
+            raise InputError(grpc.StatusCode.UNAVAILABLE, DRAINING)
         if self.config.conversation_id:
             if not await self.deps.store.exists(self.config.conversation_id):
                 raise InputError(grpc.StatusCode.NOT_FOUND, f"no conversation {self.config.conversation_id!r}")
             self.conversation_id, created = self.config.conversation_id, False
         else:  # stored with its first turn
             self.conversation_id, created = uuid.uuid4().hex, True
-        self.deps.conversations.watch(self.conversation_id, self._on_deleted)
+        self.deps.conversations.watch(self.conversation_id, self._on_deleted, self._on_drain)
         count = await self.deps.store.turn_count(self.conversation_id)
         self._event(conversation_opened=assistant_pb2.ConversationOpened(created=created, turn_count=count))
 
     def _on_deleted(self) -> None:
         """Another call deleted this conversation (its running turn has ended unstored)."""
         self._end(grpc.StatusCode.NOT_FOUND, f"conversation {self.conversation_id!r} was deleted")
+
+    def _on_drain(self) -> None:
+        """This orchestrator is shutting down: the stream ends with UNAVAILABLE (the client moves
+        to another orchestrator) as soon as its running turn has ended, at once if none runs."""
+        current = self.current
+        if current is None or current.done.is_set():
+            self._end(grpc.StatusCode.UNAVAILABLE, DRAINING)
+            return
+
+        async def after_the_turn() -> None:
+            await current.done.wait()
+            self._end(grpc.StatusCode.UNAVAILABLE, DRAINING)
+        self._drain_wait = asyncio.create_task(after_the_turn())
 
     def _trace_parent(self, traceparent: str) -> tuple[otel_context.Context | None, list[Link]]:
         """Where a turn's (or recording's) trace comes from: the client's traceparent, else a new
@@ -178,11 +195,16 @@ class ConverseSession:
             return parent, []
         return otel_context.Context(), self._stream_links
 
-    def _new_turn(self, source: str, parent: object = None, links: list[Link] | None = None) -> TurnHandle | None:
+    async def _new_turn(self, source: str, parent: object = None,
+                        links: list[Link] | None = None) -> TurnHandle | None:
         """A turn's handle once the conversation is ours; None (and an ABORTED error) when another
-        stream or call is running a turn in it."""
+        stream or call is running a turn in it, here or in another orchestrator. None, and the
+        stream ends UNAVAILABLE, when this orchestrator is draining."""
+        if self.deps.conversations.draining:
+            self._end(grpc.StatusCode.UNAVAILABLE, DRAINING)
+            return None
         turn_id = uuid.uuid4().hex
-        if not self.deps.conversations.claim(self.conversation_id, turn_id):
+        if not await self.deps.conversations.claim(self.conversation_id, turn_id):
             trace_id = trace_id_of(trace.get_current_span(parent)) if parent is not None else ""  # type: ignore[arg-type]
             self._error(InputError(grpc.StatusCode.ABORTED, "another turn is running in this conversation"),
                         common_pb2.STAGE_INPUT, trace_id=trace_id)
@@ -209,7 +231,7 @@ class ConverseSession:
         if self._overlap is not None:  # the text takes the turn; the speech under way is dropped
             await self._overlap.close()
         await self._interrupt()  # typed over an answer that is still playing: a barge-in
-        if handle := self._new_turn("text", parent, links):
+        if handle := await self._new_turn("text", parent, links):
             handle.heard(UserInput(text=text, source="text", language=self.config.options.language_code))
 
     def _on_playback(self, report: assistant_pb2.PlaybackReport) -> None:
@@ -330,13 +352,13 @@ class ConverseSession:
             self._overlap = Overlap(current, settings.backchannel_window_ms / 1000, settings.stt_timeout_seconds,
                                     interrupt=self._interrupt, start_turn=self._start_utterance)
             return
-        self._start_utterance()
+        await self._start_utterance()
 
-    def _start_utterance(self) -> None:
+    async def _start_utterance(self) -> None:
         """Speech began and nothing is being answered: its turn starts now."""
         if self._hearing() is None:
             self._speech_end_at = 0.0
-            handle = self._new_turn("audio")
+            handle = await self._new_turn("audio")
             self._refused_utterance = handle is None
             if handle is not None:
                 handle.send(speech_started=assistant_pb2.UserSpeechStarted())
@@ -357,7 +379,7 @@ class ConverseSession:
         if handle is None:  # a final with no speech event before it (e.g. nobody spoke)
             if self.current is not None and not self.current.done.is_set():
                 await self._interrupt()
-            handle = self._new_turn("audio")
+            handle = await self._new_turn("audio")
             if handle is None:
                 return
         transcript = result.transcript
@@ -378,7 +400,9 @@ class ConverseSession:
                 stt_model=model, spoken_at=spoken_at))
 
     async def _shutdown(self) -> None:
-        self.deps.conversations.unwatch(self.conversation_id, self._on_deleted)
+        self.deps.conversations.unwatch(self.conversation_id, self._on_deleted, self._on_drain)
+        if self._drain_wait is not None:
+            self._drain_wait.cancel()
         if self._overlap is not None:
             await self._overlap.close()
         if self._recording is not None:

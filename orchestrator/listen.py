@@ -25,7 +25,7 @@ from opentelemetry.trace import Span
 
 from orchestrator.clients import Note, ReplayableStream, StageError, stt_stream
 from orchestrator.intake import InputError
-from orchestrator.registry import ServiceRegistry
+from voicebus.registry import ServiceRegistry
 from voicebus.v1 import audio_pb2, stt_pb2
 
 RETRY_PAUSE_SECONDS = 0.5

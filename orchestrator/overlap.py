@@ -65,7 +65,7 @@ class Overlap:
     are dropped). `interrupt` ends the answer; `start_turn` starts the utterance's turn."""
 
     def __init__(self, answer: TurnHandle, window: float, final_wait: float,
-                 interrupt: Callable[[], Awaitable[None]], start_turn: Callable[[], None]) -> None:
+                 interrupt: Callable[[], Awaitable[None]], start_turn: Callable[[], Awaitable[None]]) -> None:
         self.answer, self.final_wait = answer, final_wait
         self.state = "judging"
         self._interrupt, self._start_turn = interrupt, start_turn
@@ -111,7 +111,7 @@ class Overlap:
         await self._interrupt()
         if self.state == "barging_in":  # not closed meanwhile
             self.state = "turn"
-            self._start_turn()
+            await self._start_turn()
 
     def let_pass(self, heard: str) -> None:
         """Not an interruption (a backchannel, noise): the answer resumes, nothing is answered."""

@@ -18,7 +18,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from orchestrator.conversations import Conversations
 from orchestrator.events import TurnEvents
-from orchestrator.registry import ServiceRegistry
+from voicebus.registry import ServiceRegistry
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.store import ConversationStore, StoreUnavailable
 from orchestrator.turn import TurnHandle
@@ -105,7 +105,7 @@ class TurnRecorder:
             await self._store(handle)
             self.deps.events.publish(END_EVENTS.get(turn.outcome, events_pb2.TURN_EVENT_TYPE_TURN_COMPLETED), turn,
                                      text=turn.error_message, stage=handle.failed_stage, with_turn=True)
-        self.deps.conversations.release(handle)
+        await self.deps.conversations.release(handle)
         if turn.outcome == assistant_pb2.TURN_OUTCOME_FAILED:
             handle.send(turn_failed=assistant_pb2.TurnFailed(turn=turn, stage=handle.failed_stage,
                                                              message=turn.error_message))

@@ -18,6 +18,7 @@ from grpc import aio
 
 from orchestrator import intake
 from orchestrator.clients import StageError, stt_transcribe
+from orchestrator.conversations import DRAINING
 from orchestrator.converse import ConverseSession, StreamEnd
 from orchestrator.intake import InputError
 from orchestrator.pipeline import run_turn
@@ -88,6 +89,8 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
     async def _process(self, request: assistant_pb2.ProcessTurnRequest) -> assistant_pb2.ProcessTurnResponse:
         settings, store, conversations = self.deps.settings, self.deps.store, self.deps.conversations
         intake.check_process_turn(request, settings)
+        if conversations.draining:
+            raise InputError(grpc.StatusCode.UNAVAILABLE, DRAINING)
         if request.conversation_id and not await store.exists(request.conversation_id):
             raise InputError(grpc.StatusCode.NOT_FOUND, f"no conversation {request.conversation_id!r}")
         conversation_id = request.conversation_id or uuid.uuid4().hex  # stored with its first turn
@@ -115,7 +118,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServicer):
                              spoken_at=received_at)
 
         turn_id = uuid.uuid4().hex
-        if not conversations.claim(conversation_id, turn_id):
+        if not await conversations.claim(conversation_id, turn_id):
             raise InputError(grpc.StatusCode.ABORTED, "another turn is running in this conversation")
         collector = Collector()
         handle = TurnHandle(self.recorder, collector, conversation_id, user.source, options, turn_id=turn_id)

@@ -46,6 +46,10 @@ class OrchestratorSettings(CommonSettings):
         "silence and a decode on a busy machine; the answer stays paused meanwhile.")
     instance_retry_seconds: float = Field(
         10.0, description="An instance that failed a call is avoided this long (when others are known).")
+    turn_lease_seconds: float = Field(
+        5.0, gt=0, description="Lease on a conversation's running turn in NATS (KV bucket `voicebus_turn_leases`), "
+        "renewed while the turn runs: another orchestrator replica refuses a turn there meanwhile (ABORTED), and "
+        "one that died blocks its conversation at most this long.")
 
     @property
     def max_audio_bytes(self) -> int:

@@ -382,7 +382,7 @@ def test_service_metrics_are_on_loopback_behind_the_token(guarded):
 # --- the registry's checks, one by one --------------------------------------------------------
 
 def new_registry(**settings: object):  # noqa: ANN201
-    from orchestrator.registry import ServiceRegistry
+    from voicebus.registry import ServiceRegistry
 
     return ServiceRegistry(CommonSettings(llm_addr="127.0.0.1:1", **settings), retry_seconds=10.0)
 

@@ -166,9 +166,14 @@ async def run_service(
     register: Register,
     capacity: int = 4,
     capabilities: Iterable[str] = (),
+    on_drain: Callable[[float], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight calls and stop."""
+    """Serve until SIGTERM/SIGINT, then drain in-flight calls and stop.
+
+    `on_drain(grace)` runs once the service says it is draining (health NOT_SERVING, a
+    draining heartbeat) and before the server stops: it may end long calls (streams) itself,
+    within the grace period; what is left of it is the server's to wait for."""
     name = settings.service_name
     instance_id = f"{name}-{uuid.uuid4().hex[:8]}"
     tracker = LoadTracker(capacity)
@@ -220,7 +225,10 @@ async def run_service(
     heartbeat.cancel()
     await bus.send_heartbeat(service=name, instance_id=instance_id, address=announced, capabilities=list(capabilities),
                              in_flight=tracker.in_flight, load=tracker.load, draining=True)
-    await server.stop(settings.shutdown_grace_seconds)
+    grace_ends = loop.time() + settings.shutdown_grace_seconds
+    if on_drain:
+        await on_drain(settings.shutdown_grace_seconds)
+    await server.stop(max(1.0, grace_ends - loop.time()))  # a second for the streams' last words
     if on_shutdown:
         await on_shutdown()
     forwarder.cancel()  # after the last calls ended: it sends their spans on its way out

@@ -7,8 +7,8 @@ its own user with a random password; nats-server enforces per-user permissions:
 | role | may publish | may subscribe |
 | --- | --- | --- |
 | stt, llm, tts | its own `voicebus.service.<role>.heartbeat`, spans | its own inbox |
-| orchestrator | its heartbeat, spans, `voicebus.turn.>`, the JetStream API of `VOICEBUS_TURNS` | heartbeats, its own inbox |
-| gateway | spans | spans, `voicebus.turn.>`, its own inbox |
+| orchestrator | its heartbeat, spans, `voicebus.turn.>`, the JetStream API of `VOICEBUS_TURNS`, the turn lease bucket | heartbeats, its own inbox |
+| gateway | spans | spans, `voicebus.turn.>`, orchestrator heartbeats, its own inbox |
 | admin | anything (for operators: `nats` CLI, tests) | anything |
 
 Where the credentials come from:
@@ -45,6 +45,14 @@ ROLES = (*HEARTBEAT_ROLES, "gateway", "admin")
 # The JetStream API calls the orchestrator makes to declare its stream (voicebus.bus users
 # publish to the stream's subjects directly; the acks come back to their inboxes).
 _STREAM_API = tuple(f"$JS.API.STREAM.{op}.{TURN_STREAM}" for op in ("INFO", "CREATE", "UPDATE"))
+# The turn lease bucket (orchestrator/lease.py): declared, read and written by orchestrators only.
+LEASE_BUCKET = "voicebus_turn_leases"
+_LEASE_API = (f"$KV.{LEASE_BUCKET}.>", f"$JS.API.DIRECT.GET.KV_{LEASE_BUCKET}.>",
+              f"$JS.API.STREAM.MSG.GET.KV_{LEASE_BUCKET}",
+              *(f"$JS.API.STREAM.{op}.KV_{LEASE_BUCKET}" for op in ("INFO", "CREATE", "UPDATE")))
+# Roles that check heartbeats, and so need the signing key: the orchestrator (services'), the
+# gateway (orchestrators').
+VERIFY_ROLES = ("orchestrator", "gateway")
 
 
 def user_name(role: str) -> str:
@@ -123,10 +131,10 @@ def permissions(role: str) -> dict[str, Any] | None:
     if role in HEARTBEAT_ROLES:
         publish.append(heartbeat_subject(role))
     if role == "orchestrator":
-        publish += [TURN_SUBJECTS, *_STREAM_API]
+        publish += [TURN_SUBJECTS, *_STREAM_API, *_LEASE_API]
         subscribe.append(HEARTBEAT_SUBJECTS)
     if role == "gateway":
-        subscribe += [SPANS_SUBJECT, TURN_SUBJECTS]
+        subscribe += [SPANS_SUBJECT, TURN_SUBJECTS, heartbeat_subject("orchestrator")]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
@@ -163,7 +171,7 @@ def role_env(credentials: StackCredentials, role: str) -> dict[str, str]:
     """The environment a child process of `voicebus up` gets for its role."""
     user, password = credentials.login(role)
     env = {"VOICEBUS_NATS_USER": user, "VOICEBUS_NATS_PASSWORD": password}
-    if role in HEARTBEAT_ROLES:
+    if role in HEARTBEAT_ROLES or role in VERIFY_ROLES:
         env["VOICEBUS_HEARTBEAT_KEY"] = credentials.heartbeat_key
     return env
 
@@ -206,7 +214,7 @@ def write_role_files(credentials: StackCredentials, folder: Path) -> list[Path]:
     for role in ROLES:
         user, password = credentials.login(role)
         body: dict[str, str] = {"user": user, "password": password}
-        if role in HEARTBEAT_ROLES or role == "admin":
+        if role in HEARTBEAT_ROLES or role in VERIFY_ROLES or role == "admin":
             body["heartbeat_key"] = credentials.heartbeat_key
         path = folder / role / "nats.json"
         write_private(path, json.dumps(body, indent=2) + "\n")

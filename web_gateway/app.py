@@ -1,7 +1,8 @@
 """The FastAPI application: the page, the REST and WebSocket API, health, readiness, metrics.
 
-The gateway holds one gRPC channel to the orchestrator for its whole life and talks to
-nothing else (readiness probes aside), except NATS for the built-in trace view.
+The gateway holds a gRPC channel to each orchestrator it knows (the configured one, and
+those announced in NATS heartbeats: web_gateway/orchestrators.py) and talks to nothing else
+(readiness probes aside), except NATS for those heartbeats and the built-in trace view.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from voicebus.grpc_client import open_channel
-from voicebus.v1 import assistant_pb2_grpc
 from web_gateway import rest
 from web_gateway.docs import install_docs
 from web_gateway.errors import install_error_handlers
 from web_gateway.health import readiness
 from web_gateway.limits import BodyLimitMiddleware
 from web_gateway.observability import GatewayMetrics, RequestContextMiddleware
+from web_gateway.orchestrators import Orchestrators
 from web_gateway.security import BearerAuthMiddleware, bearer_scheme
 from web_gateway.settings import GatewaySettings
 from web_gateway.trace_view import router as trace_router
@@ -38,9 +38,10 @@ PROTECTED = [Depends(bearer_scheme)]
 def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = open_channel(settings.orchestrator_addr, settings)
-        app.state.channel = channel  # /readyz asks the orchestrator over the channel turns take
-        app.state.stub = assistant_pb2_grpc.AssistantStub(channel)
+        app.state.orchestrators = orchestrators = Orchestrators(settings)
+        await orchestrators.start()
+        # /readyz asks the configured orchestrator over the channel its turns take
+        app.state.channel = orchestrators.configured_channel
         app.state.traces = None
         if settings.trace_view:
             app.state.traces = TraceCollector(settings.nats_url, settings.trace_view_max_traces)
@@ -48,7 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
-            await channel.close(grace=settings.shutdown_grace_seconds)
+            await orchestrators.close()
             if app.state.traces is not None:
                 await app.state.traces.stop()
 

@@ -67,8 +67,11 @@ class TurnResponse(BaseModel):
     trace_id: str
 
 
-def _stub(request: Request) -> Any:
-    return request.app.state.stub
+async def _call(request: Request, method: str, message: Any, timeout: float, started: bool = False) -> Any:
+    """`method` on one of the orchestrators (web_gateway/orchestrators.py), the next one if the
+    first is draining or unreachable; `started`: the call runs a turn (see elsewhere_first)."""
+    return await request.app.state.orchestrators.call(method, message, started=started, timeout=timeout,
+                                                      metadata=_metadata(request))
 
 
 def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
@@ -85,8 +88,8 @@ async def _run_turn(request: Request, route: str, turn_request: assistant_pb2.Pr
     settings = request.app.state.settings
     started = time.perf_counter()
     try:
-        reply: assistant_pb2.ProcessTurnResponse = await _stub(request).ProcessTurn(
-            turn_request, timeout=settings.gateway_turn_timeout_seconds, metadata=_metadata(request))
+        reply: assistant_pb2.ProcessTurnResponse = await _call(
+            request, "ProcessTurn", turn_request, settings.gateway_turn_timeout_seconds, started=True)
     except Exception:
         request.app.state.metrics.turns.labels(route, "error").inc()
         raise
@@ -208,9 +211,10 @@ async def chat(request: Request, body: ChatRequest) -> dict[str, Any]:
 async def list_conversations(
     request: Request, page_size: int = Query(50, ge=1, le=500), page_token: str = Query(""),
 ) -> dict[str, Any]:
-    reply = await _stub(request).ListConversations(
+    reply = await _call(
+        request, "ListConversations",
         assistant_pb2.ListConversationsRequest(page_size=page_size, page_token=limits.page_token(page_token)),
-        timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
+        request.app.state.settings.gateway_call_timeout_seconds)
     return {"conversations": [conversation_json(c, with_turns=False) for c in reply.conversations],
             "next_page_token": reply.next_page_token}
 
@@ -224,15 +228,16 @@ def _existing_id(conversation_id: str) -> str:
 
 @router.get("/conversations/{conversation_id}", summary="One conversation with its turns, oldest first")
 async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
-    reply = await _stub(request).GetConversation(
-        assistant_pb2.GetConversationRequest(conversation_id=_existing_id(conversation_id)),
-        timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
+    reply = await _call(
+        request, "GetConversation", assistant_pb2.GetConversationRequest(conversation_id=_existing_id(conversation_id)),
+        request.app.state.settings.gateway_call_timeout_seconds)
     return conversation_json(reply.conversation, with_turns=True)
 
 
 @router.delete("/conversations/{conversation_id}", status_code=204, summary="Delete a conversation and its turns")
 async def delete_conversation(request: Request, conversation_id: str) -> Response:
-    await _stub(request).DeleteConversation(
+    await _call(
+        request, "DeleteConversation",
         assistant_pb2.DeleteConversationRequest(conversation_id=_existing_id(conversation_id)),
-        timeout=request.app.state.settings.gateway_call_timeout_seconds, metadata=_metadata(request))
+        request.app.state.settings.gateway_call_timeout_seconds)
     return Response(status_code=204)

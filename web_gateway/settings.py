@@ -22,6 +22,9 @@ class GatewaySettings(CommonSettings):
         180.0, description="Deadline of one REST turn (ProcessTurn) at the orchestrator; then HTTP 503.")
     gateway_call_timeout_seconds: float = Field(
         10.0, description="Deadline of conversation list/read/delete calls at the orchestrator.")
+    orchestrator_retry_seconds: float = Field(
+        10.0, description="An orchestrator that failed a call or a stream gets no new conversation this long "
+        "(when others are known from their heartbeats).")
     trace_view_max_traces: int = Field(
         200, description="Traces the gateway keeps in memory for /debug/traces (oldest dropped first; at most "
         "1000 spans each).")

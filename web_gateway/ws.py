@@ -8,6 +8,12 @@ The WebSocket outlives streams: a new `start` (another conversation) replaces th
 stream, and audio after a stream ended (e.g. the orchestrator restarted) opens a new
 one on the same conversation.
 
+Orchestrators come and go (web_gateway/orchestrators.py): a new stream goes to the next
+one in turn, and when a stream's orchestrator dies or drains (UNAVAILABLE) the bridge opens
+the same conversation on another at once. The client then gets one `reconnected` event in
+place of `conversation_opened` (with `lost_turn_id` when a turn was cut short by the
+death) and goes on talking; the history is in the shared store.
+
 Each turn is its own trace (web_gateway.observability.WsTurnSpans): `text` and
 `audio_start` may carry the client's `traceparent` for that turn.
 """
@@ -32,11 +38,14 @@ from web_gateway import limits
 from web_gateway.convert import input_format, output_format, playback_mode
 from web_gateway.errors import ApiError, from_grpc
 from web_gateway.observability import GatewayMetrics, WsTurnSpans
+from web_gateway.orchestrators import Orchestrators
 from web_gateway.security import chosen_subprotocol, websocket_authorized
 from web_gateway.ws_events import TURN_ENDS, event_json
 
 log = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
+# Orchestrators tried in a row for one stream before its client is told it failed.
+MAX_MOVES = 3
 
 
 def _error_event(code: str, status: int, message: str, fatal: bool = False, **extra: Any) -> dict[str, Any]:
@@ -44,8 +53,12 @@ def _error_event(code: str, status: int, message: str, fatal: bool = False, **ex
 
 
 class ConverseBridge:
-    def __init__(self, websocket: WebSocket, stub: Any, metrics: GatewayMetrics) -> None:
-        self.ws, self.stub, self.metrics = websocket, stub, metrics
+    def __init__(self, websocket: WebSocket, orchestrators: Orchestrators, metrics: GatewayMetrics) -> None:
+        self.ws, self.orchestrators, self.metrics = websocket, orchestrators, metrics
+        self.address = ""  # the orchestrator of the current stream
+        self.tried: set[str] = set()  # orchestrators that failed this stream since it last opened
+        self.moving: dict[str, Any] | None = None  # set while a stream moves to another orchestrator
+        self.open_turn = ""  # the turn started and not yet ended on the current stream
         self.request_id: str = websocket.scope["state"]["request_id"]
         self.spans = WsTurnSpans(self.request_id)
         self.recording: trace.Span | None = None  # the turn span of the recording being received
@@ -218,6 +231,9 @@ class ConverseBridge:
         return True
 
     async def open_stream(self) -> None:
+        """A Converse stream on the next orchestrator (one that has not just failed it, if any)."""
+        addresses = self.orchestrators.for_new()
+        self.address = next((a for a in addresses if a not in self.tried), addresses[0])
         queue: asyncio.Queue[assistant_pb2.ConverseRequest | None] = asyncio.Queue()
         await queue.put(assistant_pb2.ConverseRequest(config=self.config))
 
@@ -228,7 +244,8 @@ class ConverseBridge:
         # The browser's traceparent (from `start`) parents the stream's client span.
         token = otel_context.attach(extract_context({"traceparent": self.traceparent} if self.traceparent else {}))
         try:
-            call = self.stub.Converse(requests(), metadata=(("x-request-id", self.request_id),))
+            call = self.orchestrators.stub(self.address).Converse(
+                requests(), metadata=(("x-request-id", self.request_id),))
         finally:
             otel_context.detach(token)
         self.queue, self.call = queue, call
@@ -257,6 +274,8 @@ class ConverseBridge:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED and self.call is not call:
                 return  # we cancelled it (a new start, or the socket closed)
+            if self.call is call and await self.move(exc):
+                return
             err = from_grpc(exc)
             self.stream_failed, self.told_to_restart = True, False
             self.spans.end_all("stream_failed")
@@ -269,14 +288,61 @@ class ConverseBridge:
             self.call = self.queue = None
             self.reader = None
 
+    async def move(self, exc: grpc.aio.AioRpcError) -> bool:
+        """The stream's orchestrator died or drains: open the conversation on another. False when
+        the failure is not one (or MAX_MOVES orchestrators failed in a row): the client is told."""
+        if exc.code() == grpc.StatusCode.NOT_FOUND and self.moving is not None and not self.moving["fresh"]:
+            # Its first turn was never stored (the orchestrator died before the words were known):
+            # nothing to continue, so the client goes on in a new conversation.
+            self.config.conversation_id, self.moving["fresh"] = "", True
+        elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+            self.tried.add(self.address)
+            self.orchestrators.failed(self.address)
+            if len(self.tried) >= MAX_MOVES:
+                return False
+            if self.moving is None and self.config.conversation_id:  # else nothing was opened yet
+                self.moving = {"lost_turn_id": self.open_turn, "fresh": False}
+        else:
+            return False
+        log.warning("orchestrator lost; moving the stream", extra={"fields": {
+            "conversation_id": self.config.conversation_id, "orchestrator": self.address,
+            "grpc_code": exc.code().name}})
+        self.open_turn = ""
+        self.spans.end_all("orchestrator_lost")
+        self.recording = None
+        await self.open_stream()
+        return True
+
+    def _reconnected(self, r: assistant_pb2.ConverseResponse) -> dict[str, Any]:
+        """What the client hears instead of `conversation_opened` once a moved stream is open."""
+        assert self.moving is not None
+        lost, created = self.moving["lost_turn_id"], self.moving["fresh"]
+        event: dict[str, Any] = {"type": "reconnected", "conversation_id": r.conversation_id,
+                                 "turn_count": r.conversation_opened.turn_count, "created": created}
+        if lost:
+            event["lost_turn_id"] = lost
+        event["message"] = ("the assistant moved to another server; " + (
+            "the answer in progress was lost, please say it again" if lost else "go on talking") + (
+            " (in a new conversation: the first turn was not saved)" if created else ""))
+        self.moving = None
+        self.tried.clear()
+        return event
+
     async def relay(self, r: assistant_pb2.ConverseResponse) -> None:
         event, data = event_json(r)
         kind = event["type"]
         if kind == "conversation_opened":  # audio after a stream error reopens this conversation
             self.config.conversation_id = r.conversation_id
+            self.orchestrators.ok(self.address)
+            if self.moving is not None:
+                event = self._reconnected(r)
+            self.tried.clear()
+        elif kind == "turn_started":
+            self.open_turn = r.turn_id
         elif kind == "audio":
             self._first_audio(r.turn_id)
         elif kind in TURN_ENDS:
+            self.open_turn = ""
             self.metrics.turns.labels("ws", "failed" if kind == "turn_failed" else event["turn"]["outcome"]).inc()
         if ended := self.spans.event(r.trace_id, r.turn_id, kind or "", r.conversation_id):
             with trace.use_span(ended):  # the log line carries the turn's trace id
@@ -306,6 +372,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     app.state.metrics.ws_open.inc()
     try:
-        await ConverseBridge(websocket, app.state.stub, app.state.metrics).run()
+        await ConverseBridge(websocket, app.state.orchestrators, app.state.metrics).run()
     finally:
         app.state.metrics.ws_open.dec()

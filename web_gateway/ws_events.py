@@ -4,6 +4,8 @@ the conversation it is on, the binary frame after an `audio` header.)
 
 Every event carries `type` and `conversation_id`, then `turn_id` and `trace_id` when it
 belongs to a turn, then the fields of its kind, in the order the README lists them.
+One event is the bridge's own, not the orchestrator's: `reconnected`, in place of
+`conversation_opened` when a stream moved to another orchestrator (web_gateway/ws.py).
 """
 
 from __future__ import annotations

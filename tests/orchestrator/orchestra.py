@@ -25,7 +25,7 @@ from helpers import free_port
 from orchestrator.conversations import Conversations
 from orchestrator.events import TurnEvents
 from orchestrator.recorder import Deps
-from orchestrator.registry import ServiceRegistry
+from voicebus.registry import ServiceRegistry
 from orchestrator.server import AssistantServicer
 from orchestrator.settings import OrchestratorSettings
 from orchestrator.store import open_store
@@ -146,7 +146,7 @@ class Orchestra:
     def add_instance(self, service: str, fake_name: str, load: float = 0.5) -> None:
         """Another instance of `service` (the fake served as `fake_name`), tried after the configured
         one (higher load), and never expiring, like a configured address."""
-        from orchestrator.registry import Instance
+        from voicebus.registry import Instance
 
         address = self.fakes.addresses[fake_name]
         self.registry.instances[service][address] = Instance(address, load=load)

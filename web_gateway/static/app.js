@@ -222,6 +222,27 @@
       finishTurn(e, "interrupted");
     },
     turn_failed(e) { finishTurn(e, "failed"); note(turnFor(e), e.message); },
+    // The gateway moved the conversation to another orchestrator (its own died or is shutting
+    // down): not an error. A turn cut short by the move is marked as lost; talking goes on.
+    reconnected(e) {
+      vb.reconnects = (vb.reconnects || 0) + 1;
+      setConversation(e.conversation_id);
+      const lost = e.lost_turn_id && turns.find((t) => t.id === e.lost_turn_id);
+      if (lost) {
+        mutedTurns.add(e.lost_turn_id);
+        player.stop();
+        lost.done = true;
+        lost.user.classList.remove("interim");
+        note(lost, e.message);
+      } else {
+        const p = document.createElement("div");
+        p.className = "turn-note";
+        p.dataset.testid = "reconnected";
+        p.textContent = e.message;
+        $("turns").append(p);
+      }
+      if (turnRunning) { dropPendingTurn(); endTurn(); }
+    },
     error(e) {
       if (e.code !== "unauthenticated") showError(e.message); // the token dialog says it
       if (e.fatal) {

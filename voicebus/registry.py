@@ -1,7 +1,8 @@
 """A live registry of service instances, from NATS heartbeats plus the configured addresses.
 
 The configured address of each service is always a candidate (so the stack works with
-NATS down); instances that announce themselves join it. Calls go to healthy instances,
+NATS down); instances that announce themselves join it. The orchestrator follows STT, LLM
+and TTS with it; the gateway follows orchestrators (`configured={"orchestrator": ...}`). Calls go to healthy instances,
 least loaded first; an instance that failed a call is avoided for a while.
 
 A heartbeat decides where the user's words and the bearer token go next, so one is
@@ -23,7 +24,7 @@ from typing import Any
 from grpc import aio
 
 from voicebus.bus import (
-    HEARTBEAT_SUBJECTS, SIGNATURE_HEADER, EventBus, heartbeat_key, heartbeat_subject, signature_valid,
+    SIGNATURE_HEADER, EventBus, heartbeat_key, heartbeat_subject, signature_valid,
 )
 from voicebus.config import CommonSettings
 from voicebus.grpc_client import open_channel
@@ -69,23 +70,30 @@ def implausible(beat: events_pb2.ServiceHeartbeat) -> str | None:
 
 
 class ServiceRegistry:
-    def __init__(self, settings: CommonSettings, retry_seconds: float) -> None:
+    def __init__(self, settings: CommonSettings, retry_seconds: float,
+                 configured: dict[str, str] | None = None) -> None:
+        """`configured`: service name -> its configured address; the services followed (default:
+        the ones the orchestrator calls)."""
         self.settings = settings
         self.retry_seconds = retry_seconds
-        self.configured = {"stt": settings.stt_addr, "llm": settings.llm_addr, "tts": settings.tts_addr}
+        self.configured = configured if configured is not None else {
+            "stt": settings.stt_addr, "llm": settings.llm_addr, "tts": settings.tts_addr}
         self.instances: dict[str, dict[str, Instance]] = {
             service: {address: Instance(address)} for service, address in self.configured.items()}
         self._channels: dict[str, aio.Channel] = {}
         self._key = heartbeat_key(settings)
         self._newest: dict[tuple[str, str], float] = {}  # (service, instance id) -> newest accepted beat time
         self._reported: set[tuple[str, str]] = set()
+        self._turn: dict[str, int] = {}  # service -> where in_turn() starts next
         if self._key is None:
             log.warning("heartbeats are not signed (no VOICEBUS_HEARTBEAT_KEY or VOICEBUS_AUTH_TOKEN): discovered "
                         "instances are trusted on their NATS credentials alone")
 
     async def watch(self, bus: EventBus) -> None:
         """Follow heartbeats once NATS is connected."""
-        await bus.subscribe(HEARTBEAT_SUBJECTS, self._on_heartbeat)
+        # One subject per followed service: NATS permissions may allow just those (the gateway's do).
+        for service in self.instances:
+            await bus.subscribe(heartbeat_subject(service), self._on_heartbeat)
 
     async def _on_heartbeat(self, msg: Any) -> None:
         self.receive(msg.subject, msg.data, msg.headers)
@@ -93,7 +101,7 @@ class ServiceRegistry:
     def receive(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> str | None:
         """Check one heartbeat message and observe it; the reason it was ignored, or None."""
         if not any(subject == heartbeat_subject(service) for service in self.instances):
-            return "not a service the orchestrator calls"  # e.g. its own heartbeat: nothing to report
+            return "not a service followed here"  # e.g. the orchestrator's own heartbeat: nothing to report
         reason, beat = self._verify(subject, payload, headers)
         if reason is None:
             self.observe(beat)
@@ -162,15 +170,31 @@ class ServiceRegistry:
         for address in [a for a, i in known.items() if i.expires_at and i.expires_at + MAX_TTL_SECONDS < now]:
             del known[address]
 
-    def candidates(self, service: str) -> list[str]:
-        """Addresses to try in order: healthy least-loaded first, recently failed last."""
+    def _live(self, service: str) -> tuple[list[Instance], list[Instance]]:
+        """(healthy least-loaded first, recently failed soonest-retried first); neither expired nor draining."""
         now = time.monotonic()
         live = [i for i in self.instances[service].values()
                 if (i.expires_at == 0 or i.expires_at > now) and not i.draining]
         healthy = sorted((i for i in live if i.failed_until <= now), key=lambda i: (i.load, i.address))
         failed = sorted((i for i in live if i.failed_until > now), key=lambda i: i.failed_until)
-        ordered = [i.address for i in healthy + failed]
-        return ordered or [self.configured[service]]
+        return healthy, failed
+
+    def candidates(self, service: str) -> list[str]:
+        """Addresses to try in order: healthy least-loaded first, recently failed last."""
+        healthy, failed = self._live(service)
+        return [i.address for i in healthy + failed] or [self.configured[service]]
+
+    def in_turn(self, service: str) -> list[str]:
+        """Like candidates, but each call starts at the next healthy instance (round robin). For
+        what lasts longer than a heartbeat interval (a conversation): several started within one
+        interval would all see the same loads and go to the same instance."""
+        healthy, failed = self._live(service)
+        healthy.sort(key=lambda i: i.address)
+        if healthy:
+            start = self._turn.get(service, 0) % len(healthy)
+            self._turn[service] = start + 1
+            healthy = healthy[start:] + healthy[:start]
+        return [i.address for i in healthy + failed] or [self.configured[service]]
 
     def mark_failed(self, service: str, address: str) -> None:
         instance = self.instances[service].get(address)
