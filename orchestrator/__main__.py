@@ -43,7 +43,8 @@ async def serve(settings: OrchestratorSettings) -> None:
     bus = EventBus(settings.nats_url, name="orchestrator-events")
     events = TurnEvents(bus)
     leases = TurnLeases(bus, settings.turn_lease_seconds,
-                        holder=announced_address(settings.orchestrator_addr, settings.announce_host))
+                        holder=announced_address(settings.orchestrator_addr, settings.announce_host),
+                        replicas=settings.nats_stream_replicas)
     bus.on_connect(leases.declare)
     await bus.start()
     registry = ServiceRegistry(settings, settings.instance_retry_seconds)
