@@ -161,3 +161,13 @@ def test_gpu_overlay_only_moves_stt_and_llm():
         spec = d["spec"]["template"]["spec"]
         gpu = "nvidia.com/gpu" in spec["containers"][0]["resources"]["limits"]
         assert gpu == bool(spec.get("nodeSelector")) == (d["metadata"]["name"] in ("stt", "llm")), d["metadata"]["name"]
+
+
+def test_nats_auth_output_fits_the_secrets(tmp_path):
+    """The Secrets the README tells you to create come from these files: a server config with
+    users (no anonymous access) and one nats.json per service."""
+    subprocess.run([sys.executable, "-m", "voicebus.nats_auth", "--out", str(tmp_path)], check=True, capture_output=True)
+    conf = (tmp_path / "nats-server.conf").read_text()
+    assert '"authorization"' in conf and '"users"' in conf and "no_auth_user" not in conf
+    for service in (*GRPC, "gateway"):
+        assert (tmp_path / service / "nats.json").is_file()
