@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway_stack import (AUTH, CORS_ORIGIN, QUESTION, TOKEN, UPLOAD_LIMIT_MB, pcm16_at, shared_stack,
                            speech_wav, start_gateway, wav_pcm)
-from helpers import free_port, word_error_rate, words
+from helpers import NatsServer, free_port, word_error_rate, words
 from voicebus.v1 import tts_pb2, tts_pb2_grpc
 
 TURN_END = ("turn_completed", "turn_failed", "turn_interrupted")
@@ -265,7 +265,9 @@ def test_good_turn_after_bad_inputs(client, question_wav):
 
 
 def test_orchestrator_down_is_503(stack):
-    env = {**stack.env, "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}"}
+    # Its own NATS: on the stack's, it would find the stack's orchestrator by its heartbeats.
+    nats = NatsServer()
+    env = {**stack.env, **nats.env_for("gateway"), "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}"}
     proc, base = start_gateway(env, name="gateway-no-orchestrator")
     try:
         with httpx.Client(base_url=base, timeout=30) as c:
@@ -284,6 +286,7 @@ def test_orchestrator_down_is_503(stack):
         assert (event["type"], event["code"], event["status"], event["fatal"]) == ("error", "unavailable", 503, True)
     finally:
         proc.stop()
+        nats.stop()
 
 
 # ---- ids, CORS, metrics, docs ---------------------------------------------------------------
@@ -614,13 +617,22 @@ async def test_relay_sends_every_event_kind_byte_for_byte_as_before():
         async def send_bytes(self, data: bytes) -> None:
             self.frames.append(data)
 
-    socket, metrics = RecordingSocket(), GatewayMetrics()
-    bridge = ConverseBridge(socket, None, metrics)
+    class RecordingOrchestrators:
+        def __init__(self) -> None:
+            self.ok_calls: list[str] = []
+
+        def ok(self, address: str) -> None:
+            self.ok_calls.append(address)
+
+    socket, metrics, orchestrators = RecordingSocket(), GatewayMetrics(), RecordingOrchestrators()
+    bridge = ConverseBridge(socket, orchestrators, metrics)
+    bridge.address = "127.0.0.1:1"
     for response in _converse_samples():
         await bridge.relay(response)
     expected = [e if isinstance(e, (str, bytes)) else _wire_text(e) for e in RELAY_WIRE]
     assert socket.frames == expected
     assert bridge.config.conversation_id == "c1"
+    assert orchestrators.ok_calls == ["127.0.0.1:1"]  # conversation_opened: that orchestrator works
     counted = {s.labels["outcome"]: s.value for family in metrics.registry.collect() for s in family.samples
                if s.name == "voicebus_gateway_turns_total" and s.labels.get("route") == "ws"}
     assert counted == {"interrupted": 1.0, "completed": 1.0, "failed": 1.0}

@@ -124,7 +124,10 @@ def test_voicebus_up_gives_each_child_its_own_user(tmp_path):
     assert env == {"VOICEBUS_NATS_URL": "nats://127.0.0.1:4333", "VOICEBUS_NATS_USER": "voicebus-stt",
                    "VOICEBUS_NATS_PASSWORD": credentials.passwords["stt"],
                    "VOICEBUS_HEARTBEAT_KEY": credentials.heartbeat_key}
-    assert "VOICEBUS_HEARTBEAT_KEY" not in nats_auth.child_env(credentials, settings, "gateway")
+    # The gateway verifies orchestrator heartbeats (to find orchestrators) but may not publish one.
+    gateway = nats_auth.child_env(credentials, settings, "gateway")
+    assert gateway["VOICEBUS_NATS_USER"] == "voicebus-gateway"
+    assert gateway["VOICEBUS_HEARTBEAT_KEY"] == credentials.heartbeat_key
     # With a token every process derives the same key from it; the generated one is not forced on them.
     with_token = CommonSettings(data_dir=tmp_path, auth_token=TOKEN)
     assert "VOICEBUS_HEARTBEAT_KEY" not in nats_auth.child_env(credentials, with_token, "stt")
@@ -147,6 +150,7 @@ SUBSCRIBE = [  # (role, subject, allowed)
     ("stt", "voicebus.turn.>", False), ("llm", "voicebus.service.*.heartbeat", False), ("tts", ">", False),
     ("stt", "_INBOX.>", False), ("gateway", "voicebus.service.*.heartbeat", False),
     ("gateway", "voicebus.turn.>", True), ("orchestrator", "voicebus.service.*.heartbeat", True),
+    ("gateway", "voicebus.service.orchestrator.heartbeat", True),
 ]
 
 

@@ -290,7 +290,7 @@ class ConverseBridge:
 
     async def move(self, exc: grpc.aio.AioRpcError) -> bool:
         """The stream's orchestrator died or drains: open the conversation on another. False when
-        the failure is not one (or MAX_MOVES orchestrators failed in a row): the client is told."""
+        the failure is not one, or every known orchestrator (at most MAX_MOVES) failed it: the client is told."""
         if exc.code() == grpc.StatusCode.NOT_FOUND and self.moving is not None and not self.moving["fresh"]:
             # Its first turn was never stored (the orchestrator died before the words were known):
             # nothing to continue, so the client goes on in a new conversation.
@@ -298,8 +298,8 @@ class ConverseBridge:
         elif exc.code() == grpc.StatusCode.UNAVAILABLE:
             self.tried.add(self.address)
             self.orchestrators.failed(self.address)
-            if len(self.tried) >= MAX_MOVES:
-                return False
+            if len(self.tried) >= MAX_MOVES or self.tried.issuperset(self.orchestrators.for_new()):
+                return False  # every orchestrator we know failed this stream: the client is told
             if self.moving is None and self.config.conversation_id:  # else nothing was opened yet
                 self.moving = {"lost_turn_id": self.open_turn, "fresh": False}
         else:
