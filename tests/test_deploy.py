@@ -27,6 +27,7 @@ from helpers import ROOT, ServiceProcess, free_port
 from voicebus.v1 import events_pb2
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_DIR = ROOT / "deploy" / "compose"  # the NATS configs and the cluster profile's env file
 DOCKERFILE = ROOT / "Dockerfile"
 # Our services (one image) and what each runs; nats and jaeger are official images.
 VOICEBUS_SERVICES = {"stt": "stt_service", "llm": "llm_service", "tts": "tts_service",
@@ -44,11 +45,12 @@ def compose_binary() -> Path:
     return binary
 
 
-def run_compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,)) -> subprocess.CompletedProcess[str]:
+def run_compose(*args: str, files: tuple[Path, ...] = (COMPOSE_FILE,),
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     file_args = [arg for f in files for arg in ("-f", str(f))]
     # No variables from the caller's shell: the file must resolve on defaults alone.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("VOICEBUS_", "GROQ_", "OTEL_", "COMPOSE_", "DOCKER_"))}
+           if not k.startswith(("VOICEBUS_", "GROQ_", "OTEL_", "COMPOSE_", "DOCKER_"))} | (extra_env or {})
     return subprocess.run([str(compose_binary()), *file_args, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -161,11 +163,79 @@ def test_tracing_goes_to_jaeger(compose):
 def test_nats_runs_jetstream_on_a_volume(compose):
     nats_service = compose["services"]["nats"]
     assert nats_service["image"].startswith("nats:")
-    command = nats_service["command"]
-    assert "--jetstream" in command
-    store = command[command.index("--store_dir") + 1]
+    assert nats_service["command"] == ["nats-server", "--config", "/etc/nats/nats-single.conf"]
+    assert {c["source"]: c["target"] for c in nats_service["configs"]} == {
+        "nats-single": "/etc/nats/nats-single.conf", "nats-cluster": "/etc/nats/nats-cluster.conf"}
+    assert compose["configs"]["nats-single"]["file"] == str(COMPOSE_DIR / "nats-single.conf")
+    assert "store_dir: /data" in (COMPOSE_DIR / "nats-single.conf").read_text()
     assert [v["target"] for v in nats_service["volumes"]
-            if v["type"] == "volume" and v["source"] == "nats"] == [store]
+            if v["type"] == "volume" and v["source"] == "nats"] == ["/data"]
+    # the config's include (relative to /etc/nats) is the credentials volume
+    assert [v["target"] for v in nats_service["volumes"] if v["source"] == "nats-credentials"] == [
+        "/etc/nats/credentials"]
+
+
+def nats_config_check(name: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`nats-server -t` on a compose NATS config, its include pointed at real credentials."""
+    from voicebus import nats_auth
+
+    nats_auth.main(["--out", str(tmp_path / "credentials")])
+    text = (COMPOSE_DIR / name).read_text()  # its include is relative: credentials/ next to it
+    config = tmp_path / name
+    config.write_text(text.replace("store_dir: /data", f"store_dir: {tmp_path / 'js'}"))
+    return subprocess.run([str(Path(sys.executable).parent / "nats-server"), "-c", str(config), "-t"],
+                          capture_output=True, text=True, env={**os.environ, "NATS_SERVER_NAME": "nats-2"})
+
+
+@pytest.mark.parametrize("name", ["nats-single.conf", "nats-cluster.conf"])
+def test_compose_nats_configs_are_valid_and_sync_every_write(name, tmp_path):
+    checked = nats_config_check(name, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = (COMPOSE_DIR / name).read_text()
+    assert "sync_interval: always" in text and 'include "credentials/nats-server.conf"' in text
+    # ... and the check is real: the same file with a syntax error, next to the same credentials, fails it.
+    broken = tmp_path / f"broken-{name}"
+    broken.write_text((tmp_path / name).read_text().replace("jetstream {", "jetstream {{"))
+    result = subprocess.run([str(Path(sys.executable).parent / "nats-server"), "-c", str(broken), "-t"],
+                            capture_output=True, text=True, env={**os.environ, "NATS_SERVER_NAME": "nats-2"})
+    assert result.returncode != 0 and "credentials" not in result.stderr, result.stderr
+
+
+def test_the_default_has_no_cluster_services(compose):
+    services = compose["services"]
+    assert not {"nats-2", "nats-3", "postgres", "orchestrator-2"} & set(services)
+    assert services["orchestrator"]["environment"]["VOICEBUS_DATABASE_URL"] == ""  # SQLite in /data
+    assert all(services[name]["environment"]["VOICEBUS_NATS_URL"] == "nats://nats:4222" and
+               services[name]["environment"]["VOICEBUS_NATS_STREAM_REPLICAS"] == "1" for name in VOICEBUS_SERVICES)
+
+
+def test_cluster_profile_is_postgres_three_nats_nodes_and_two_orchestrators():
+    env_file = COMPOSE_DIR / "cluster.env"
+    result = run_compose("--env-file", str(env_file), "config", "--format", "json",
+                         extra_env={"VOICEBUS_POSTGRES_PASSWORD": "s3cret"})
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    nodes = ("nats", "nats-2", "nats-3")
+    assert {*nodes, "postgres", "orchestrator-2"} <= set(services)
+    for node in nodes:
+        assert services[node]["command"] == ["nats-server", "--config", "/etc/nats/nats-cluster.conf"]
+        assert services[node]["environment"]["NATS_SERVER_NAME"] == node
+    stores = [next(v["source"] for v in services[node]["volumes"] if v["target"] == "/data") for node in nodes]
+    assert len(set(stores)) == 3  # each node its own JetStream store
+    routes = re.findall(r"nats-route://([\w-]+):6222", (COMPOSE_DIR / "nats-cluster.conf").read_text())
+    assert sorted(routes) == sorted(nodes)
+    for name in (*VOICEBUS_SERVICES, "orchestrator-2"):
+        env = services[name]["environment"]
+        assert env["VOICEBUS_NATS_URL"] == ",".join(f"nats://{node}:4222" for node in nodes), name
+        assert env["VOICEBUS_NATS_STREAM_REPLICAS"] == "3"
+    for name in ("orchestrator", "orchestrator-2"):
+        assert services[name]["environment"]["VOICEBUS_DATABASE_URL"] == \
+            "postgresql://voicebus:s3cret@postgres:5432/voicebus"
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "ports" not in services["orchestrator-2"]  # the second one is found by its heartbeats
+    postgres = services["postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
 
 
 def test_volumes_for_sqlite_and_models(compose):
@@ -176,7 +246,7 @@ def test_volumes_for_sqlite_and_models(compose):
 
     assert volume_at_data("orchestrator") == "conversations"
     assert {volume_at_data(name) for name in SCALABLE} == {"models"}
-    assert set(compose["volumes"]) == {"nats", "nats-credentials", "models", "conversations"}
+    assert set(compose["volumes"]) == {"nats", "nats-credentials", "models", "conversations"}  # none of the cluster's
 
 
 def test_secrets_come_from_the_environment(compose):
