@@ -116,3 +116,23 @@ async def test_wrong_urls_fail_with_a_readable_message(postgres, tmp_path):
         with pytest.raises(kind, match=words) as caught:
             await open_store(bad)
         assert postgres.password not in caught.value.message
+
+
+@pytest.mark.parametrize("command", [["-m", "orchestrator"], ["-m", "orchestrator.migrate"]])
+def test_a_wrong_database_url_stops_the_process_at_start_with_one_readable_line(postgres, tmp_path, command):
+    """What an operator sees: the process exits (no retry loop, no stack trace) naming the problem,
+    and the password is not printed."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT, free_port
+
+    wrong = postgres.create_database().replace(postgres.password, "not-the-password")
+    env = {**os.environ, "VOICEBUS_DATABASE_URL": wrong, "VOICEBUS_DATA_DIR": str(tmp_path),
+           "VOICEBUS_ORCHESTRATOR_ADDR": f"127.0.0.1:{free_port()}", "VOICEBUS_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "password authentication failed" in output and "Traceback" not in output, output
+    assert "not-the-password" not in output
