@@ -14,6 +14,11 @@ Prints, per mode: turns completed, turns spoken (audio received), p50/p95 first 
 errors by code (WebSocket `error` events and failed turns), degraded stages, the turns
 SQLite kept (each conversation read back over REST), and the load average (1 min, at the
 end; the highest seen during the run too). The machine has 2 cores: numbers vary with load.
+
+For a started stack it also prints each service's CPU time per turn (user + system, from
+/proc) and what that makes one core of it serve: conversations in which the user speaks
+once every --turn-every seconds (sizing for many machines; the README's Running on many
+machines quotes it).
 """
 
 from __future__ import annotations
@@ -136,7 +141,25 @@ async def watch_load(peak: list[float], stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
 
 
-async def run_mode(base: str, mode: str, n: int, turns: int, speech: dict[str, tuple[bytes, int]]) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def print_sizing(used: dict[str, float], turns: int, turn_every: float) -> None:
+    """CPU per turn of each service, and the conversations one core of it carries."""
+    if not turns:
+        return
+    print(f"  CPU per turn       (one core carries this many conversations speaking every {turn_every:.0f} s)")
+    for name, seconds in used.items():
+        per_turn = seconds / turns
+        carried = turn_every / per_turn if per_turn > 0 else float("inf")
+        print(f"    {name:<13} {per_turn:6.3f} s/turn  {carried:7.1f} conversations/core")
+
+
+async def run_mode(base: str, mode: str, n: int, turns: int, speech: dict[str, tuple[bytes, int]],
+                   pids: dict[str, int], turn_every: float) -> None:
     ws_url = base.replace("http://", "ws://") + "/ws"
     go = asyncio.Event()
     peak, stop = [os.getloadavg()[0]], asyncio.Event()
@@ -144,10 +167,12 @@ async def run_mode(base: str, mode: str, n: int, turns: int, speech: dict[str, t
     jobs = [asyncio.create_task(conversation(ws_url, mode, [QUESTIONS[(i + t) % len(QUESTIONS)] for t in range(turns)],
                                              speech, go)) for i in range(n)]
     await asyncio.sleep(1.0)  # the WebSockets open; then every first turn starts at once
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     began = time.monotonic()
     go.set()
     done = await asyncio.gather(*jobs, return_exceptions=True)
     took = time.monotonic() - began
+    cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     stop.set()
     await watcher
     conversations = [d for d in done if isinstance(d, Conversation)]
@@ -172,9 +197,11 @@ async def run_mode(base: str, mode: str, n: int, turns: int, speech: dict[str, t
     print(f"  degraded stages    {dict(degraded) or 'none'}")
     print(f"  stored in SQLite   {stored}/{expected} {dict(stored_outcomes)}")
     print(f"  load average       {os.getloadavg()[0]:.2f} at the end, {peak[0]:.2f} at most (1 min)")
+    print_sizing(cpu_used, len(completed), turn_every)
 
 
-def start_stack(llm_model: str, overrides: dict[str, str]) -> tuple[str, list]:
+def start_stack(llm_model: str, overrides: dict[str, str]) -> tuple[str, list, dict[str, int]]:
+    """The stack on free ports: the gateway's URL, the stop functions, each service's pid."""
     nats = NatsServer()
     ports = {name: free_port() for name in ("stt", "llm", "tts", "orchestrator", "gateway")}
     # The models assembled once in data/ (as bench/turn.py); the conversations in a fresh SQLite file.
@@ -190,12 +217,13 @@ def start_stack(llm_model: str, overrides: dict[str, str]) -> tuple[str, list]:
         proc.wait_healthy(300)
     gateway = ServiceProcess("web_gateway", env["VOICEBUS_GATEWAY_ADDR"], env, name="load-gateway")
     stops.insert(0, gateway.stop)
+    pids = {**{p.name.removeprefix("load-"): p.proc.pid for p in procs}, "gateway": gateway.proc.pid}
     base = f"http://{env['VOICEBUS_GATEWAY_ADDR']}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return base, stops
+                return base, stops, pids
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
@@ -211,6 +239,8 @@ async def main() -> None:
     parser.add_argument("--url", help="the gateway of a running stack (no token) instead of starting one")
     parser.add_argument("--set", action="append", default=[], metavar="VOICEBUS_X=VALUE",
                         help="a setting for every service of the started stack (repeatable)")
+    parser.add_argument("--turn-every", type=float, default=15.0,
+                        help="seconds between a user's turns, for the conversations-per-core estimate")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
 
@@ -220,15 +250,16 @@ async def main() -> None:
         for i, q in enumerate(QUESTIONS):
             speech[q] = load_pcm(espeak_wav(q, work / f"q{i}.wav", speed=170))
     stops: list = []
+    pids: dict[str, int] = {}  # a running stack's processes are not ours to measure
     try:
         if args.url:
             base = args.url.rstrip("/")
         else:
-            base, stops = start_stack(args.llm_model, overrides)
+            base, stops, pids = start_stack(args.llm_model, overrides)
         print(f"load average before: {os.getloadavg()[0]:.2f}; gateway {base}; LLM "
               f"{'as running' if args.url else args.llm_model}" + "".join(f"; {k}={v}" for k, v in overrides.items()))
         for mode in (("typed", "spoken") if args.mode == "both" else (args.mode,)):
-            await run_mode(base, mode, args.conversations, args.turns, speech)
+            await run_mode(base, mode, args.conversations, args.turns, speech, pids, args.turn_every)
     finally:
         for stop in stops:
             stop()
