@@ -20,6 +20,8 @@ from voicebus.grpc_server import announced_address, run_service, start_process
 from voicebus.v1 import assistant_pb2, assistant_pb2_grpc
 
 log = logging.getLogger("orchestrator")
+# How often the turns of a replica that stopped mid-turn are failed (a cheap query on an index).
+ABANDONED_SWEEP_SECONDS = 5.0
 
 
 async def open_conversations(settings: OrchestratorSettings) -> ConversationStore:
@@ -38,6 +40,20 @@ async def open_conversations(settings: OrchestratorSettings) -> ConversationStor
     return store
 
 
+async def fail_abandoned_turns(store: ConversationStore, every: float = ABANDONED_SWEEP_SECONDS) -> None:
+    """Another orchestrator killed mid-turn leaves its turn without an outcome, and nobody restarts
+    it: the survivors fail such turns (store.fail_abandoned) while they run."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if failed := await store.fail_abandoned():
+                log.warning("turns of a stopped orchestrator marked failed", extra={"fields": {"turns": failed}})
+        except StoreError as exc:  # the store is down: the turns wait for the next sweep
+            log.debug("abandoned turns not swept: %s", exc.message)
+        except Exception:  # noqa: BLE001 - the sweep must outlive a surprise; it is tried again
+            log.exception("abandoned turns not swept")
+
+
 async def serve(settings: OrchestratorSettings) -> None:
     store = await open_conversations(settings)
     bus = EventBus(settings.nats_url, name="orchestrator-events")
@@ -49,6 +65,7 @@ async def serve(settings: OrchestratorSettings) -> None:
     await bus.start()
     registry = ServiceRegistry(settings, settings.instance_retry_seconds)
     watcher = asyncio.create_task(registry.watch(bus))
+    sweeper = asyncio.create_task(fail_abandoned_turns(store))
     deps = Deps(settings=settings, store=store, registry=registry, events=events, conversations=Conversations(leases))
 
     def register(server: aio.Server) -> list[str]:
@@ -57,6 +74,7 @@ async def serve(settings: OrchestratorSettings) -> None:
 
     async def shutdown() -> None:
         watcher.cancel()
+        sweeper.cancel()
         await bus.close()
         await registry.close()
         await store.close()

@@ -108,6 +108,7 @@ assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "m
 # Outcomes whose texts are conversation history for the LLM.
 HISTORY_OUTCOMES = ("TURN_OUTCOME_COMPLETED", "TURN_OUTCOME_INTERRUPTED")
 RESTART_ERROR = "interrupted by a restart of the orchestrator"
+ABANDONED_ERROR = "interrupted: the orchestrator running it stopped"
 
 
 class StoreError(Exception):
@@ -287,6 +288,13 @@ class ConversationStore(abc.ABC):
     async def fail_unfinished(self) -> int:
         """Turns that a stopped orchestrator left without an outcome (it was killed mid-turn) are
         failed, with the reason; call once at start, before this process runs a turn."""
+
+    async def fail_abandoned(self) -> int:
+        """Turns left without an outcome by another orchestrator that has stopped since (killed
+        mid-turn while this one runs), failed with ABANDONED_ERROR; safe at any time, also while
+        this process runs turns. Only a shared store has other orchestrators: a SQLite file serves
+        one process, whose own crash `fail_unfinished` at its next start covers."""
+        return 0
 
     @abc.abstractmethod
     async def exists(self, conversation_id: str) -> bool: ...

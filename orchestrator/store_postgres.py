@@ -9,7 +9,9 @@
 - Each process holds a session-level advisory lock named after its owner id on a connection of
   its own for as long as it runs. At start, `fail_unfinished` fails only the turns of owners
   whose lock is free (their process is gone: PostgreSQL releases a session's locks when its
-  connection ends), never those of an orchestrator that is running them.
+  connection ends), never those of an orchestrator that is running them; `fail_abandoned`
+  does the same while this process runs (the orchestrator calls it every few seconds), so a
+  replica killed mid-turn leaves no turn without an outcome while the others go on.
 - A call that loses its connection is tried once more on another (every call is idempotent);
   a call that still fails raises `StoreUnavailable`. The pool reconnects by itself once the
   server is back.
@@ -27,9 +29,9 @@ from urllib.parse import urlsplit
 import asyncpg
 from asyncpg import exceptions as pg
 
-from orchestrator.store import (HISTORY_OUTCOMES, MIGRATIONS, RESTART_ERROR, ConversationStore, conversation_from_row,
-                                finished_values, history_messages, new_turn_id, operation, seed_pairs, shown_url,
-                                timestamp, turn_from_row)
+from orchestrator.store import (ABANDONED_ERROR, HISTORY_OUTCOMES, MIGRATIONS, RESTART_ERROR, ConversationStore,
+                                conversation_from_row, finished_values, history_messages, new_turn_id, operation,
+                                seed_pairs, shown_url, timestamp, turn_from_row)
 from voicebus.v1 import assistant_pb2, common_pb2
 
 MIGRATION_LOCK = 0x766F6963_65627573  # "voicebus": pg_advisory_xact_lock(bigint) while migrating
@@ -118,6 +120,13 @@ class PostgresStore(ConversationStore):
 
     @operation("UPDATE", "turns")
     async def fail_unfinished(self) -> int:
+        return await self._fail_turns_of_stopped_owners(RESTART_ERROR)
+
+    @operation("UPDATE", "turns")
+    async def fail_abandoned(self) -> int:
+        return await self._fail_turns_of_stopped_owners(ABANDONED_ERROR)
+
+    async def _fail_turns_of_stopped_owners(self, reason: str) -> int:
         assert self.pool
         failed = 0
         async with self.pool.acquire(timeout=self.timeout) as c:
@@ -130,7 +139,7 @@ class PostgresStore(ConversationStore):
                 try:
                     status = await c.execute(
                         "UPDATE turns SET outcome = 'TURN_OUTCOME_FAILED', error = $1 "
-                        "WHERE owner = $2 AND outcome = 'TURN_OUTCOME_UNSPECIFIED'", RESTART_ERROR, owner)
+                        "WHERE owner = $2 AND outcome = 'TURN_OUTCOME_UNSPECIFIED'", reason, owner)
                     failed += int(status.split()[-1])
                 finally:
                     await c.execute("SELECT pg_advisory_unlock($1, $2)", OWNER_LOCKS, key)
