@@ -38,7 +38,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
@@ -65,7 +65,9 @@ def lease_key(conversation_id: str) -> str:
 class _Held:
     turn_id: str
     revision: int
+    value: bytes
     renewer: asyncio.Task[None] | None = None
+    ending: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class TurnLeases:
@@ -106,27 +108,54 @@ class TurnLeases:
 
     async def acquire(self, conversation_id: str, turn_id: str) -> bool:
         """True when the conversation is ours for this turn (or NATS cannot say); False when
-        another orchestrator's turn holds it."""
+        another orchestrator's turn holds it. Called only when no turn of this process holds
+        the conversation (Conversations.claim checks that first)."""
         key = lease_key(conversation_id)
         if (kv := self._usable()) is None:
             return True
         value = json.dumps({"turn_id": turn_id, "holder": self.holder}).encode()
         try:
-            revision = await asyncio.wait_for(kv.create(key, value), CALL_TIMEOUT_SECONDS)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
+            try:
+                revision = await asyncio.wait_for(kv.create(key, value), CALL_TIMEOUT_SECONDS)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                if (revision := await self._take_over_own(kv, key, value)) is None:
+                    return False
         except (asyncio.TimeoutError, nats.errors.Error) as exc:
             self._warn(f"{exc.__class__.__name__}: {exc}")
             return True
-        held = self._held[key] = _Held(turn_id, revision)
-        held.renewer = asyncio.create_task(self._renew(kv, key, held, value))
+        held = self._held[key] = _Held(turn_id, revision, value)
+        held.renewer = asyncio.create_task(self._renew(kv, key, held))
         return True
 
-    async def _renew(self, kv: KeyValue, key: str, held: _Held, value: bytes) -> None:
+    async def _take_over_own(self, kv: KeyValue, key: str, value: bytes) -> int | None:
+        """The key holds a lease of this very process that was not deleted (NATS did not answer in
+        time when its turn ended): no turn of ours runs there now, so it is stale and ours to
+        take again at once rather than after the TTL. Another holder's is left alone (None)."""
+        try:
+            entry = await asyncio.wait_for(kv.get(key), CALL_TIMEOUT_SECONDS)
+            holder = json.loads(entry.value or b"{}").get("holder")
+        except nats.js.errors.KeyNotFoundError:
+            return None  # deleted since the create failed: the client's retry finds it free
+        except (ValueError, AttributeError):
+            return None  # not a lease we wrote
+        if holder != self.holder:
+            return None
+        try:
+            return await asyncio.wait_for(kv.update(key, value, last=entry.revision), CALL_TIMEOUT_SECONDS)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None  # it expired and another turn took it meanwhile
+
+    async def _renew(self, kv: KeyValue, key: str, held: _Held) -> None:
+        """Renew every third of the lease until the turn ends. The end waits for a renewal under
+        way instead of cancelling it: the server may apply a cancelled update all the same, and the
+        delete (with the revision we last saw) would then miss and leave the lease for its TTL."""
         while True:
-            await asyncio.sleep(self.seconds / 3)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(held.ending.wait(), self.seconds / 3)
+            if held.ending.is_set():
+                return
             try:
-                held.revision = await asyncio.wait_for(kv.update(key, value, last=held.revision),
+                held.revision = await asyncio.wait_for(kv.update(key, held.value, last=held.revision),
                                                        CALL_TIMEOUT_SECONDS)
             except nats.js.errors.KeyWrongLastSequenceError:
                 # Not renewed for a whole lease (NATS was away): another turn may hold it now.
@@ -143,10 +172,9 @@ class TurnLeases:
         if held is None or held.turn_id != turn_id:
             return
         del self._held[key]
+        held.ending.set()
         if held.renewer is not None:
-            held.renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await held.renewer
+            await held.renewer  # within CALL_TIMEOUT_SECONDS: a renewal under way lands first
         if (kv := self._usable()) is None:
             return  # it expires by itself
         try:
