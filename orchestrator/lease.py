@@ -9,7 +9,10 @@ the key (`update` with the revision it last wrote) every third of the lease whil
 runs and deletes it (with that revision, so never someone else's) when the turn ends.
 
 A holder that dies (kill -9, a lost machine) renews nothing: its lease is gone after
-VOICEBUS_TURN_LEASE_SECONDS and another orchestrator takes the conversation.
+VOICEBUS_TURN_LEASE_SECONDS and another orchestrator takes the conversation. A lease that its
+living holder could not delete (NATS did not answer in time, e.g. while a node's death elects
+new leaders) would refuse that conversation's next turn until the TTL; the process that wrote
+it knows no turn of its own runs there, so its next turn there takes it over at once.
 
 Why NATS KV rather than a PostgreSQL advisory lock:
 - it works whatever the store is (the embedded SQLite or PostgreSQL), and every orchestrator
@@ -38,6 +41,7 @@ import hashlib
 import json
 import logging
 import re
+import uuid
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -76,6 +80,7 @@ class TurnLeases:
         self._kv: KeyValue | None = None
         self._held: dict[str, _Held] = {}  # key -> this process's lease on it
         self._warned = False
+        self._process = uuid.uuid4().hex  # in each value: which leases this very process wrote
 
     async def declare(self) -> None:
         """Create (or find) the bucket; run on every NATS connect (voicebus.bus.EventBus.on_connect)."""
@@ -113,7 +118,7 @@ class TurnLeases:
         key = lease_key(conversation_id)
         if (kv := self._usable()) is None:
             return True
-        value = json.dumps({"turn_id": turn_id, "holder": self.holder}).encode()
+        value = json.dumps({"turn_id": turn_id, "holder": self.holder, "process": self._process}).encode()
         try:
             try:
                 revision = await asyncio.wait_for(kv.create(key, value), CALL_TIMEOUT_SECONDS)
@@ -133,12 +138,12 @@ class TurnLeases:
         take again at once rather than after the TTL. Another holder's is left alone (None)."""
         try:
             entry = await asyncio.wait_for(kv.get(key), CALL_TIMEOUT_SECONDS)
-            holder = json.loads(entry.value or b"{}").get("holder")
+            writer = json.loads(entry.value or b"{}").get("process")
         except nats.js.errors.KeyNotFoundError:
             return None  # deleted since the create failed: the client's retry finds it free
         except (ValueError, AttributeError):
             return None  # not a lease we wrote
-        if holder != self.holder:
+        if writer != self._process:
             return None
         try:
             return await asyncio.wait_for(kv.update(key, value, last=entry.revision), CALL_TIMEOUT_SECONDS)
