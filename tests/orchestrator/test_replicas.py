@@ -230,6 +230,9 @@ async def test_a_websocket_moves_when_its_orchestrator_dies(replicas: Replicas) 
     replicas.fakes.llm.release()
     a, b = await replicas.orchestrator("a"), await replicas.orchestrator("b")
     await replicas.start_gateway(configured=a)
+    assert replicas.gateway is not None  # it must know B before A dies: else A is all it knows
+    await until(lambda: any("instance joined" in line and b.address in line
+                            for line in replicas.gateway.logs().splitlines()), "the gateway heard B's heartbeat")
     async with connect(replicas.base.replace("http://", "ws://") + "/ws", open_timeout=10) as ws:
         await ws.send(json.dumps({"type": "start", "synthesize_audio": False}))
         opened = (await ws_events(ws, "conversation_opened"))[-1]
