@@ -11,6 +11,7 @@ consumer reads on throughout. Every wait is a poll with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from typing import Any
 
@@ -164,10 +165,20 @@ async def test_r3_stream_loses_and_doubles_nothing_when_a_node_is_killed(cluster
         assert len(published) == len(set(published)) == 250
         assert set(consumed) == set(published)
         # Stored once each: the stream holds exactly one message per event id.
-        stored = await js.pull_subscribe(TURN_SUBJECTS, stream=TURN_STREAM)
-        ids: list[str] = []
-        while len(ids) < 250:
-            ids += [m.headers["Nats-Msg-Id"] for m in await stored.fetch(250 - len(ids), timeout=5)]
+        # Read with a consumer of its own, from the start; the JetStream API may still time out
+        # while the cluster settles after the kill (2 s per call), so a failed read starts over.
+        async def read_back() -> list[str]:
+            stored = await js.pull_subscribe(TURN_SUBJECTS, stream=TURN_STREAM)
+            ids: list[str] = []
+            try:
+                while len(ids) < 250:
+                    ids += [m.headers["Nats-Msg-Id"] for m in await stored.fetch(250 - len(ids), timeout=5)]
+            finally:
+                with contextlib.suppress(Exception):
+                    await stored.unsubscribe()
+            return ids
+
+        ids = await eventually(read_back, "every stored event read back", timeout=60)
         assert sorted(ids) == sorted(published)
     finally:
         stop.set()

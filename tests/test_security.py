@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import math
+import os
 import secrets
 import socket
 import ssl
@@ -33,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import connect as ws_connect
 
 from gateway_stack import start_gateway
-from helpers import NatsServer, ServiceProcess, free_port
+from helpers import ROOT, NatsServer, ServiceProcess, free_port
 from test_deploy import run_compose
 from voicebus import nats_auth
 from voicebus.bus import SIGNATURE_HEADER, EventBus, flush_sent, heartbeat_key, heartbeat_signature
@@ -524,27 +525,37 @@ async def test_compose_gives_each_service_only_its_own_nats_credentials(tmp_path
     assert services["nats-credentials"]["command"] == ["python", "-m", "voicebus.nats_auth", "--out", "/data"]
     assert services["nats"]["depends_on"]["nats-credentials"]["condition"] == "service_completed_successfully"
     command = services["nats"]["command"]
-    assert Path(command[command.index("--config") + 1]) == Path("/credentials") / nats_auth.SERVER_CONFIG_FILE
+    config_path = Path(command[command.index("--config") + 1])
+    assert config_path == Path("/etc/nats/nats-single.conf")
+    # the config's relative include finds the credentials volume next to it
+    assert [v["target"] for v in services["nats"]["volumes"] if v["source"] == "nats-credentials"] == [
+        str(config_path.parent / "credentials")]
     for role in ("stt", "llm", "tts", "orchestrator", "gateway"):
         mounts = [v for v in services[role]["volumes"] if v["source"] == "nats-credentials"]
         assert [(m["target"], m.get("read_only"), m.get("volume", {}).get("subpath")) for m in mounts] == [
             ("/credentials", True, role)], role
         assert services[role]["environment"]["VOICEBUS_NATS_CREDENTIALS_FILE"] == "/credentials/nats.json"
 
-    # What the one-shot container runs, run here; then NATS with that config, and a service
-    # that has nothing but its own file.
-    subprocess.run([sys.executable, "-m", "voicebus.nats_auth", "--out", str(tmp_path)], check=True,
+    # What the one-shot container runs, run here, into what the nats container mounts at
+    # /etc/nats/credentials; then NATS with the shipped config, and a service that has nothing
+    # but its own file.
+    etc = tmp_path / "etc-nats"
+    credentials = etc / "credentials"
+    subprocess.run([sys.executable, "-m", "voicebus.nats_auth", "--out", str(credentials)], check=True,
                    capture_output=True)
     for role in nats_auth.ROLES:
-        assert (tmp_path / role / "nats.json").stat().st_mode & 0o777 == 0o600
+        assert (credentials / role / "nats.json").stat().st_mode & 0o777 == 0o600
+    shipped = (ROOT / "deploy" / "compose" / config_path.name).read_text()
+    (etc / config_path.name).write_text(shipped.replace("store_dir: /data", f"store_dir: {tmp_path / 'js'}"))
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "nats-server"), "-c",
-                               str(tmp_path / nats_auth.SERVER_CONFIG_FILE), "-a", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(etc / config_path.name), "-a", "127.0.0.1", "-p", str(port), "-m", str(free_port())],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "NATS_SERVER_NAME": "nats"})
     url = f"nats://127.0.0.1:{port}"
-    settings = CommonSettings(nats_url=url, nats_credentials_file=tmp_path / "stt" / "nats.json")
+    settings = CommonSettings(nats_url=url, nats_credentials_file=credentials / "stt" / "nats.json")
     bus = EventBus(url, name="stt-in-a-container", settings=settings)
-    admin = json.loads((tmp_path / "admin" / "nats.json").read_text())
+    admin = json.loads((credentials / "admin" / "nats.json").read_text())
     try:
         reader = await wait_until_async(lambda: nats.connect(
             url.replace("://", f"://{admin['user']}:{admin['password']}@"), allow_reconnect=False))
@@ -555,7 +566,7 @@ async def test_compose_gives_each_service_only_its_own_nats_credentials(tmp_path
         await bus.send_heartbeat(service="stt", instance_id="stt-1", address="stt:50051", capabilities=[],
                                  in_flight=0, load=0.0)
         msg = await subscription.next_msg(timeout=WAIT_SECONDS)
-        key = json.loads((tmp_path / "orchestrator" / "nats.json").read_text())["heartbeat_key"].encode()
+        key = json.loads((credentials / "orchestrator" / "nats.json").read_text())["heartbeat_key"].encode()
         assert msg.headers[SIGNATURE_HEADER] == heartbeat_signature(key, msg.subject, msg.data)
         await reader.close()
     finally:
