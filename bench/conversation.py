@@ -376,7 +376,7 @@ async def main() -> None:
     try:
         base = args.url.rstrip("/") if args.url else None
         if base is None:
-            base, stops = start_stack(args.llm_model, {})
+            base, stops, _pids = start_stack(args.llm_model, {})
         url = base.replace("http://", "ws://") + "/ws"
         print("load average before: %.2f %.2f %.2f" % os.getloadavg(), f"; gateway {base}; seed {args.seed}",
               flush=True)
