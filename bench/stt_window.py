@@ -4,7 +4,8 @@
 
 The same WhisperEngine the service runs (tiny.en, int8) decodes each utterance as a streaming
 final would: 0.3 s of audio before the speech, 0.2 s after. Utterances: bench/stt.py's
-sentences plus four more, each spoken by three espeak-ng voices. Configurations: Whisper's
+sentences plus four more, each spoken by three espeak-ng voices, questions twice (flat, and
+with the rising voice espeak-ng gives a question mark). Configurations: Whisper's
 30 s window and short windows (the speech plus 8 s of silence, at least VOICEBUS_STT_STREAM_
 WINDOW_SECONDS), each with beam 5 (the final's default) and greedy decoding. One warm-up round
 is not counted. Prints p50/p95 decode time, mean WER and the utterances with any error, and
@@ -14,6 +15,7 @@ the load average.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -31,6 +33,7 @@ from stt_support import SENTENCES
 EXTRA = ["What is the capital of France", "I would like to book a table for four people tomorrow",
          "Tell me a joke about cats", "Set a timer for ten minutes"]
 VOICES = [("en-us", 170), ("en-gb", 150), ("en-us+f3", 160)]
+QUESTION_WORDS = {"what", "how", "who", "where", "is", "when", "why"}
 CONFIGS = {"30 s window, beam 5": (30.0, 5), "30 s window, greedy": (30.0, 1),
            "15 s window, beam 5": (15.0, 5), "15 s window, greedy": (15.0, 1), "12 s window, greedy": (12.0, 1)}
 
@@ -40,11 +43,13 @@ def utterances(folder: Path) -> list[tuple[str, np.ndarray]]:
 
     made = []
     for i, text in enumerate(SENTENCES + MORE + EXTRA):
-        for voice, speed in VOICES:
-            path = folder / f"{i}-{voice}.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True)
+        # espeak-ng raises the voice at a question mark: questions are spoken as questions too
+        spoken = [text, text + "?"] if text.split()[0].lower() in QUESTION_WORDS else [text]
+        for (voice, speed), (j, said) in itertools.product(VOICES, enumerate(spoken)):
+            path = folder / f"{i}-{j}-{voice}.wav"
+            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), said], check=True)
             audio = decode_audio(str(path), 16_000)
-            made.append((text, np.concatenate([np.zeros(4800, np.float32), audio, np.zeros(3200, np.float32)])))
+            made.append((said, np.concatenate([np.zeros(4800, np.float32), audio, np.zeros(3200, np.float32)])))
     return made
 
 
@@ -66,7 +71,7 @@ def main() -> None:
 
     engine = WhisperEngine(SttSettings(stt_cpu_threads=args.threads))
     made = utterances(Path(tempfile.mkdtemp(prefix="voicebus-bench-window-")))
-    print(f"{len(made)} utterances ({len(made) // len(VOICES)} sentences x {len(VOICES)} voices); "
+    print(f"{len(made)} utterances ({len(made) // len(VOICES)} texts x {len(VOICES)} voices); "
           f"load average {os.getloadavg()[0]:.2f} at start")
     seconds: dict[str, list[float]] = {name: [] for name in CONFIGS}
     errors: dict[str, list[float]] = {name: [] for name in CONFIGS}
@@ -77,11 +82,13 @@ def main() -> None:
                 heard = decode(engine, audio, window, beam)
                 if round_:  # the first round warms up
                     seconds[name].append(time.perf_counter() - started)
-                    errors[name].append(word_error_rate(text, heard))
+                    errors[name].append(word_error_rate(text.rstrip("?"), heard))
     for name in CONFIGS:
         t, e = seconds[name], errors[name]
+        q = [e[i] for i in range(len(e)) if made[i % len(made)][0].endswith("?")]
         print(f"  {name:<22} decode p50={percentile(t, 50):.3f}s p95={percentile(t, 95):.3f}s  "
-              f"mean WER {statistics.fmean(e):.3f}  utterances with an error {sum(1 for x in e if x > 0)}/{len(e)}")
+              f"mean WER {statistics.fmean(e):.3f}  with an error {sum(1 for x in e if x > 0)}/{len(e)}  "
+              f"rising-voice questions: WER {statistics.fmean(q):.3f}, with an error {sum(1 for x in q if x > 0)}/{len(q)}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
