@@ -29,7 +29,7 @@ class SttSettings(CommonSettings):
     stt_stream_window_seconds: float = Field(
         30.0, description="Encoder window of streaming decodes. 30 = Whisper's own (the default); less (>= 15) "
         "decodes an utterance as its speech plus 8 s of silence, at least this long: finals in about half the time "
-        "and as few word errors on statements, but questions spoken with a rising voice are misheard more often "
+        "and no more word errors on bench/stt_window.py, but it mishears some phrases the 30 s window gets right "
         "(\"capital of France?\" -> \"capital and friends?\"); README, How fast.")
     stt_max_queue: int = Field(
         4, description="Inference jobs allowed to wait behind the running one; beyond that, "
