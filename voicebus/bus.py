@@ -40,6 +40,7 @@ TURN_SUBJECTS = "voicebus.turn.>"
 HEARTBEAT_SUBJECTS = "voicebus.service.*.heartbeat"
 # How long a publish is retried (while connected) before the event is dropped and counted.
 PUBLISH_RETRY_SECONDS = 20.0
+CLOSE_SECONDS = 5.0  # the longest close() waits for its tasks, and then for the drain
 
 
 def heartbeat_subject(service: str) -> str:
@@ -341,13 +342,19 @@ class EventBus:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
+        """Stop sending and disconnect, within a bound: a publish stuck inside the NATS client
+        (a send loop seen not to end after its cancel) must not hang the process's shutdown."""
         await self.flush(timeout=1.0)
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            ended, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_SECONDS)
+            for task in ended:  # retrieved, so that a task's own failure is not reported at exit
+                if not task.cancelled():
+                    task.exception()
+            if stuck:
+                log.warning("NATS bus closed with %d task(s) that did not stop", len(stuck))
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.drain(), CLOSE_SECONDS)
